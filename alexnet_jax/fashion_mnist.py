@@ -1,0 +1,192 @@
+"""Fashion-MNIST as uint8 arrays in the release order, from tfds or straight from the IDX files.
+
+Both sources give the same arrays: (N, 28, 28) uint8 images and (N,) int32 labels, in the
+order of the original release files (tfds stores a hash-shuffled order; we undo it).
+The TF-free source needs neither TensorFlow nor tfds, for machines that have neither.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+SPLITS = ("train", "test")
+FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+# SHA-256 of the decompressed IDX files (the same whatever the gzip header).
+IDX_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+# SHA-256 of the release's .gz files, which tfds registers for fashion_mnist 3.0.1.
+GZ_SHA256 = {
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+RELEASE_URL = "https://github.com/zalandoresearch/fashion-mnist"
+
+
+class DataError(RuntimeError):
+    """The data cannot be found, read or trusted; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, 28, 28) uint8
+    labels: np.ndarray  # (N,) int32
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> Split:
+        """The first `n` examples (all when n is None)."""
+        return self if n is None else Split(self.images[:n], self.labels[:n])
+
+
+def where_to_put_files(folder: str | os.PathLike | None = None) -> str:
+    sums = "\n".join(f"  {sha}  {name}" for name, sha in GZ_SHA256.items())
+    place = f"in {folder}" if folder else "in one folder and pass it with --manual-dir"
+    return (
+        f"Put the four Fashion-MNIST release files ({RELEASE_URL}) {place}. "
+        f"Their SHA-256 sums:\n{sums}"
+    )
+
+
+def _find_idx_file(folder: Path, name: str) -> Path:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{name}(.gz) not found in {folder}. " + where_to_put_files(folder))
+
+
+def read_idx(path: Path, name: str) -> np.ndarray:
+    """Read one IDX file (gzip with any header, or raw) after checking its SHA-256."""
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DataError(
+            f"cannot read {path}: {err}. It is truncated or corrupted; "
+            + where_to_put_files(path.parent)
+        ) from err
+    got = hashlib.sha256(data).hexdigest()
+    want = IDX_SHA256[name]
+    if got != want:
+        raise DataError(
+            f"{path} is not the Fashion-MNIST file {name}: SHA-256 of its decompressed bytes is "
+            f"{got}, expected {want}. Replace it with the release file ({RELEASE_URL})."
+        )
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
+    """One split from the four IDX files in `folder` (the TF-free source)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist. " + where_to_put_files())
+    arrays = {}
+    for kind in ("images", "labels"):
+        name = FILES[(split, kind)]
+        arrays[kind] = read_idx(_find_idx_file(folder, name), name)
+    return Split(np.ascontiguousarray(arrays["images"]), arrays["labels"].astype(np.int32))
+
+
+def tfds_release_order(num_examples: int, split: str) -> np.ndarray:
+    """Release index of each tfds record: tfds writes examples sorted by md5(split, key)."""
+    from tensorflow_datasets.core import hashing
+
+    hasher = hashing.Hasher(salt=split)
+    return np.argsort([hasher.hash_key(i) for i in range(num_examples)], kind="stable")
+
+
+def _network_reachable(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_tfds_split(split: str, data_dir: str | None = None, manual_dir: str | None = None) -> Split:
+    """One split through `tfds.load('fashion_mnist')`, reordered to the release order."""
+    try:
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise DataError(
+            f"the tfds source needs tensorflow and tensorflow-datasets ({err}); "
+            "use the TF-free source (--source idx) with --manual-dir instead"
+        ) from err
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads data: no GPU memory
+    builder = tfds.builder("fashion_mnist", data_dir=data_dir)
+    if not builder.is_prepared():
+        if manual_dir is None and not _network_reachable():
+            raise DataError(
+                f"fashion_mnist is not prepared in {builder.data_dir} and there is no network. "
+                + where_to_put_files()
+            )
+        if manual_dir is not None and not Path(manual_dir).is_dir():
+            raise DataError(f"manual dir {manual_dir} does not exist. " + where_to_put_files())
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        try:
+            builder.download_and_prepare(download_config=config)
+        except Exception as err:  # tfds raises many types: checksum, missing file, network
+            raise DataError(
+                f"tfds could not prepare fashion_mnist: {err}. " + where_to_put_files(manual_dir)
+            ) from err
+    images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
+                                                      as_supervised=True))
+    order = np.empty(len(labels), np.int64)
+    order[tfds_release_order(len(labels), split)] = np.arange(len(labels))
+    return Split(np.ascontiguousarray(images[order, :, :, 0]), labels[order].astype(np.int32))
+
+
+def tf_available() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_split(split: str, source: str = "auto", data_dir: str | None = None,
+               manual_dir: str | None = None) -> Split:
+    """A split from `source`: 'tfds', 'idx' (TF-free, needs manual_dir) or 'auto'.
+
+    'auto' uses tfds when TensorFlow and tfds import, else the IDX files in manual_dir.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if source == "auto":
+        source = "tfds" if tf_available() else "idx"
+    if source == "tfds":
+        return load_tfds_split(split, data_dir=data_dir, manual_dir=manual_dir)
+    if source == "idx":
+        if manual_dir is None:
+            raise DataError(
+                "the TF-free source reads the release files: pass --manual-dir. "
+                + where_to_put_files()
+            )
+        return load_idx_split(manual_dir, split)
+    raise ValueError(f"source must be 'auto', 'tfds' or 'idx', got {source!r}")

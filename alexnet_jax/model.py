@@ -1,0 +1,136 @@
+"""d2l's AlexNet (chapter 7.1) as a Flax Linen module, NHWC.
+
+Layer for layer the `nn.Sequential` of the d2l notebook, initialised as d2l's run
+initialises it: Xavier-uniform weights (d2l's `init_weights`) and PyTorch's default
+bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which d2l leaves in place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# (name, out channels, kernel, stride, padding, followed by a 3/2 max-pool)
+CONV_LAYERS = (
+    ("conv1", 96, 11, 4, 1, True),
+    ("conv2", 256, 5, 1, 2, True),
+    ("conv3", 384, 3, 1, 1, False),
+    ("conv4", 384, 3, 1, 1, False),
+    ("conv5", 256, 3, 1, 1, True),
+)
+DENSE_LAYERS = (("fc1", 4096), ("fc2", 4096))
+POOL_WINDOW, POOL_STRIDE = 3, 2
+FEATURE_HW, FEATURE_C = 5, 256  # conv trunk output: 5 x 5 x 256 = 6400 features
+IN_CHANNELS = 1
+
+
+def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def trunk_output_size(size: int) -> int:
+    """Spatial size after the conv/pool trunk for a square input of `size` pixels."""
+    for _, _, kernel, stride, pad, pool in CONV_LAYERS:
+        size = conv_out(size, kernel, stride, pad)
+        if pool:
+            size = conv_out(size, POOL_WINDOW, POOL_STRIDE, 0)
+        if size < 1:
+            return 0
+    return size
+
+
+VALID_SIZES = tuple(s for s in range(1, 512) if trunk_output_size(s) == FEATURE_HW)
+
+
+def torch_bias_init(fan_in: int):
+    """PyTorch's default bias init for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def check_input(x) -> None:
+    """Raise a ValueError that says what AlexNet expects when `x` cannot be its input."""
+    shape = tuple(x.shape)
+    sizes = f"{VALID_SIZES[0]}..{VALID_SIZES[-1]}"
+    expected = (
+        f"AlexNet expects NHWC images of shape (batch, H, W, {IN_CHANNELS}) with H and W in "
+        f"{sizes} (224 as in d2l), which give the {FEATURE_HW}x{FEATURE_HW}x{FEATURE_C} = "
+        f"{FEATURE_HW * FEATURE_HW * FEATURE_C} features the first dense layer needs"
+    )
+    if len(shape) != 4:
+        raise ValueError(f"{expected}; got an array of rank {len(shape)} with shape {shape}")
+    if shape[-1] != IN_CHANNELS:
+        hint = ""
+        if shape[1] == IN_CHANNELS:
+            hint = " (this looks like NCHW: transpose with x.transpose(0, 2, 3, 1))"
+        raise ValueError(f"{expected}; got {shape[-1]} channels in shape {shape}{hint}")
+    if shape[1] not in VALID_SIZES or shape[2] not in VALID_SIZES:
+        raise ValueError(f"{expected}; got spatial size {shape[1]}x{shape[2]} in shape {shape}")
+
+
+class AlexNet(nn.Module):
+    """AlexNet for 224x224x1 Fashion-MNIST, as in d2l.
+
+    `dtype` is the computation dtype (bfloat16 for mixed precision); parameters are kept
+    in `param_dtype` (float32 by default) and the logits are returned in float32 or wider.
+    """
+
+    num_classes: int = 10
+    dropout_rate: float = 0.5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        check_input(x)
+        x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
+        in_c = IN_CHANNELS
+        for name, features, kernel, stride, pad, pool in CONV_LAYERS:
+            x = nn.Conv(
+                features,
+                (kernel, kernel),
+                strides=(stride, stride),
+                padding=((pad, pad), (pad, pad)),
+                kernel_init=nn.initializers.xavier_uniform(),
+                bias_init=torch_bias_init(in_c * kernel * kernel),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )(x)
+            x = nn.relu(x)
+            if pool:
+                x = nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), (POOL_STRIDE, POOL_STRIDE))
+            in_c = features
+        x = x.reshape((x.shape[0], -1))  # H, W, C order; torch_compat permutes fc1 for torch
+        in_f = x.shape[-1]
+        for name, features in DENSE_LAYERS:
+            x = self._dense(features, in_f, name)(x)
+            x = nn.relu(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            in_f = features
+        x = self._dense(self.num_classes, in_f, "fc3")(x)
+        return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+    def _dense(self, features: int, in_features: int, name: str) -> nn.Dense:
+        return nn.Dense(
+            features,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=torch_bias_init(in_features),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+
+
+def init_params(model: AlexNet, key, image_size: int = 224):
+    """Parameters for `model`, initialised as d2l's run initialises its net."""
+    x = jnp.zeros((1, image_size, image_size, IN_CHANNELS), model.param_dtype)
+    return model.init({"params": key}, x, train=False)["params"]

@@ -1,0 +1,124 @@
+"""Pillow's bilinear resize of uint8 images, bit for bit, in numpy, JAX or TensorFlow.
+
+d2l resizes with torchvision's `Resize(224)` on the uint8 PIL image, which is Pillow's
+`Image.resize(..., BILINEAR)`. Pillow (src/libImaging/Resample.c) resamples in two
+separable passes, width then height, with coefficients in 22-bit fixed point, rounding
+and clamping to uint8 after each pass. We compute the same integer coefficients and
+apply them as a few shifted taps, so every backend gives exactly Pillow's pixels.
+For 28 -> 224 each sum is at most 255 * 2**22 + 2**21 < 2**31: int32 is exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+PRECISION_BITS = 32 - 8 - 2  # Pillow's PRECISION_BITS for 8-bit images
+_HALF = 1 << (PRECISION_BITS - 1)
+_SCALE = 1 << PRECISION_BITS
+
+
+def _bilinear(x: float) -> float:
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+@functools.lru_cache(maxsize=None)
+def pillow_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, int32 weights), each (out_size, ksize): Pillow's precompute_coeffs."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # the bilinear filter's support is 1
+    ksize = int(math.ceil(support)) * 2 + 1
+    index = np.zeros((out_size, ksize), np.int32)
+    weight = np.zeros((out_size, ksize), np.int32)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)  # C's (int) truncates toward zero
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        k = [_bilinear((x + xmin - center + 0.5) / filterscale) for x in range(xmax)]
+        ww = sum(k)
+        for x, w in enumerate(k):
+            w = w / ww if ww != 0.0 else w
+            fixed = math.trunc(-0.5 + w * _SCALE) if w < 0 else math.trunc(0.5 + w * _SCALE)
+            index[xx, x] = xmin + x
+            weight[xx, x] = fixed
+    return index, weight
+
+
+def pillow_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's fixed-point coefficients as a dense (out_size, in_size) float64 matrix.
+
+    Products and sums stay below 2**31, so float64 matmuls are exact integer arithmetic.
+    """
+    index, weight = pillow_taps(in_size, out_size)
+    matrix = np.zeros((out_size, in_size), np.float64)
+    np.add.at(matrix, (np.arange(out_size)[:, None], index), weight)
+    return matrix
+
+
+def _round_clip(total, xp):
+    return xp.clip(xp.floor((total + _HALF) / _SCALE), 0, 255)
+
+
+def resize_uint8_numpy(images: np.ndarray, size: int = 224) -> np.ndarray:
+    """Pillow's bilinear resize of (..., H, W) uint8 images to (..., size, size) uint8."""
+    images = np.asarray(images)
+    cols = pillow_matrix(images.shape[-1], size)
+    rows = pillow_matrix(images.shape[-2], size)
+    lead, (h, w) = images.shape[:-2], images.shape[-2:]
+    x = images.reshape(-1, w).astype(np.float64)
+    x = _round_clip(x @ cols.T, np).reshape(-1, h, size)  # width first, as Pillow
+    x = _round_clip(x.transpose(0, 2, 1).reshape(-1, h) @ rows.T, np)
+    return x.reshape(-1, size, size).transpose(0, 2, 1).reshape(*lead, size, size).astype(np.uint8)
+
+
+def _taps_pass_jax(images, axis: int, out_size: int):
+    import jax.numpy as jnp
+
+    index, weight = pillow_taps(images.shape[axis], out_size)
+    total = 0
+    for t in range(index.shape[1]):  # 2-3 shifted taps: elementwise int32, any backend
+        taps = jnp.take(images, index[:, t], axis=axis)
+        w = weight[:, t] if axis == -1 else weight[:, t, None]
+        total = total + taps * w
+    return jnp.clip((total + _HALF) >> PRECISION_BITS, 0, 255)
+
+
+def resize_uint8_jax(images, size: int = 224):
+    """Pillow's bilinear resize in int32 JAX ops, for use inside jit; returns uint8."""
+    import jax.numpy as jnp
+
+    x = jnp.asarray(images).astype(jnp.int32)
+    x = _taps_pass_jax(x, -1, size)  # width first, as Pillow
+    x = _taps_pass_jax(x, -2, size)
+    return x.astype(jnp.uint8)
+
+
+# ToTensor's uint8 -> float32 division, as a table: XLA rewrites x / 255 as x * (1 / 255),
+# which is 1 ulp off for about a third of the levels; a lookup is exact on every backend.
+PIXEL_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+def to_model_input(resized, xp=np):
+    """torchvision's ToTensor on resized uint8 pixels: float32 in [0, 1], NHWC, one channel."""
+    return xp.take(xp.asarray(PIXEL_TO_FLOAT), resized.astype(xp.int32), axis=0)[..., None]
+
+
+def resize_uint8_tf(images, size: int = 224):
+    """Pillow's bilinear resize in TensorFlow ops (float64 matmuls, exact), for tf.data."""
+    import tensorflow as tf
+
+    h, w = images.shape[-2], images.shape[-1]
+    cols = tf.constant(pillow_matrix(w, size))
+    rows = tf.constant(pillow_matrix(h, size))
+
+    def round_clip(t):
+        return tf.clip_by_value(tf.math.floor((t + _HALF) / _SCALE), 0.0, 255.0)
+
+    x = tf.cast(images, tf.float64)
+    x = round_clip(tf.einsum("...hw,sw->...hs", x, cols))  # width first, as Pillow
+    x = round_clip(tf.einsum("th,...hs->...ts", rows, x))
+    return tf.cast(x, tf.uint8)

@@ -1,0 +1,149 @@
+"""Flax params <-> the `state_dict()` of d2l's PyTorch `nn.Sequential` AlexNet.
+
+torch is imported lazily, only to turn numpy back into tensors: the package and
+training work without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .model import CONV_LAYERS, DENSE_LAYERS, FEATURE_C, FEATURE_HW
+
+# Flax module name -> index of that layer in d2l's nn.Sequential.
+TORCH_INDEX = {
+    "conv1": 0,
+    "conv2": 3,
+    "conv3": 6,
+    "conv4": 8,
+    "conv5": 10,
+    "fc1": 14,
+    "fc2": 17,
+    "fc3": 20,
+}
+CONV_NAMES = tuple(layer[0] for layer in CONV_LAYERS)
+DENSE_NAMES = tuple(name for name, _ in DENSE_LAYERS) + ("fc3",)
+
+
+class StateDictError(ValueError):
+    """A state dict or params tree that does not fit d2l's AlexNet."""
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A copy as numpy, so later changes to a torch tensor never reach us."""
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
+        value = value.detach().cpu().numpy()
+    return np.array(value, copy=True)
+
+
+def _fc1_torch_to_flax(weight: np.ndarray) -> np.ndarray:
+    """(out, C*H*W) in torch's flatten order -> (H*W*C, out) in Flax's."""
+    out = weight.shape[0]
+    w = weight.reshape(out, FEATURE_C, FEATURE_HW, FEATURE_HW)
+    return w.transpose(2, 3, 1, 0).reshape(FEATURE_HW * FEATURE_HW * FEATURE_C, out)
+
+
+def _fc1_flax_to_torch(kernel: np.ndarray) -> np.ndarray:
+    out = kernel.shape[1]
+    k = kernel.reshape(FEATURE_HW, FEATURE_HW, FEATURE_C, out)
+    return k.transpose(3, 2, 0, 1).reshape(out, FEATURE_C * FEATURE_HW * FEATURE_HW)
+
+
+def expected_torch_shapes(num_classes: int = 10) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state dict of d2l's net with `num_classes` outputs."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    in_c = 1
+    for name, out_c, kernel, *_ in CONV_LAYERS:
+        shapes[f"{TORCH_INDEX[name]}.weight"] = (out_c, in_c, kernel, kernel)
+        shapes[f"{TORCH_INDEX[name]}.bias"] = (out_c,)
+        in_c = out_c
+    in_f = in_c * FEATURE_HW * FEATURE_HW
+    for name, out_f in (*DENSE_LAYERS, ("fc3", num_classes)):
+        shapes[f"{TORCH_INDEX[name]}.weight"] = (out_f, in_f)
+        shapes[f"{TORCH_INDEX[name]}.bias"] = (out_f,)
+        in_f = out_f
+    return shapes
+
+
+def _num_classes_of(state: dict[str, Any]) -> int:
+    bias = state.get(f"{TORCH_INDEX['fc3']}.bias")
+    return int(bias.shape[0]) if bias is not None and len(bias.shape) == 1 else 10
+
+
+def check_state_dict(state_dict: dict[str, Any]) -> None:
+    """Raise one StateDictError listing every missing, unexpected and mis-shaped key."""
+    if not hasattr(state_dict, "keys"):
+        raise StateDictError(
+            f"expected a state dict (a mapping of parameter names to tensors), "
+            f"got {type(state_dict).__name__}"
+        )
+    expected = expected_torch_shapes(_num_classes_of(state_dict))
+    problems = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    for key, shape in expected.items():
+        if key in state_dict:
+            got = tuple(getattr(state_dict[key], "shape", ()))
+            if got != shape:
+                problems.append(f"{key} has shape {got}, expected {shape}")
+    if problems:
+        raise StateDictError(
+            "not a state dict of d2l's AlexNet nn.Sequential: " + "; ".join(problems)
+        )
+
+
+def params_from_torch(state_dict: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Flax params (numpy copies) from the state dict of d2l's `nn.Sequential`."""
+    check_state_dict(state_dict)
+    params = {}
+    for name, idx in TORCH_INDEX.items():
+        weight = _to_numpy(state_dict[f"{idx}.weight"])
+        if name in CONV_NAMES:
+            kernel = weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        elif name == "fc1":
+            kernel = _fc1_torch_to_flax(weight)
+        else:
+            kernel = weight.T
+        params[name] = {
+            "kernel": np.ascontiguousarray(kernel),
+            "bias": _to_numpy(state_dict[f"{idx}.bias"]),
+        }
+    return params
+
+
+def params_to_torch_unchecked(params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Torch-layout numpy copies of `params`; unknown Flax modules show as `<flax:NAME>`."""
+    state = {}
+    for name, idx in TORCH_INDEX.items():
+        if name not in params:
+            continue
+        kernel = _to_numpy(params[name]["kernel"])
+        if name in CONV_NAMES:
+            weight = kernel.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        elif name == "fc1" and kernel.ndim == 2 and kernel.shape[0] == FEATURE_HW**2 * FEATURE_C:
+            weight = _fc1_flax_to_torch(kernel)
+        else:
+            weight = kernel.T
+        state[f"{idx}.weight"] = np.ascontiguousarray(weight)
+        state[f"{idx}.bias"] = _to_numpy(params[name]["bias"])
+    extra = [k for k in params if k not in TORCH_INDEX]
+    for k in extra:
+        state[f"<flax:{k}>"] = np.empty(0)
+    return state
+
+
+def params_to_torch(params: dict[str, Any], *, as_tensors: bool = True) -> dict[str, Any]:
+    """The state dict of d2l's `nn.Sequential` (torch tensors, or numpy arrays) from Flax params."""
+    state = params_to_torch_unchecked(params)
+    check_state_dict(state)
+    if not as_tensors:
+        return state
+    import torch  # lazy: only needed to hand tensors to PyTorch
+
+    return {k: torch.from_numpy(v) for k, v in state.items()}
