@@ -37,6 +37,13 @@ def num_batches(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
+def batch_spec(kind: str, size: int):
+    """Shapes and dtypes of a batch from pipeline `kind`, for compiling ahead of time."""
+    shape, dtype = ((size, 28, 28), jnp.uint8) if kind == "device" else \
+        ((size, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
+    return jax.ShapeDtypeStruct(shape, dtype), jax.ShapeDtypeStruct((size,), jnp.int32)
+
+
 def model_input(images):
     """Model input from what a pipeline delivers, traced inside the jitted steps.
 

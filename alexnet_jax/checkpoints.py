@@ -1,0 +1,75 @@
+"""Orbax checkpoints of the train state: atomic, asynchronous, the last few kept.
+
+A checkpoint holds the step, params, optimizer state, dropout key and the running sums of
+the current epoch's metrics, which is all a resumed run needs to continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint: the message names the path and what was wrong."""
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+    return Path(workdir).absolute() / "checkpoints"
+
+
+def manager(workdir: str | Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
+        read_only=read_only, cleanup_tmp_directories=not read_only,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, tree: dict[str, Any]) -> None:
+    """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames)."""
+    mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+
+
+def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+           if np.issubdtype(np.asarray(leaf).dtype, np.floating)
+           and not np.isfinite(np.asarray(leaf)).all()]
+    if bad:
+        raise CheckpointError(f"non-finite values in {bad[:3]}")
+    return tree
+
+
+def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], strict: bool = False,
+                   step: int | None = None):
+    """(step, tree) of the newest checkpoint that restores cleanly, or (None, None) if none.
+
+    A checkpoint that fails to restore (truncated, corrupted, wrong shapes) is reported with
+    its path; with `strict` that stops the run, otherwise the previous one is tried.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint at step {step} in {mngr.directory}; there are {sorted(steps)}")
+        steps = [step]
+    for s in steps:
+        path = Path(mngr.directory) / str(s)
+        try:
+            return s, _restore_one(mngr, s, target)
+        except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            message = f"checkpoint {path} is unreadable or corrupted ({type(err).__name__}: {err})"
+            if strict or step is not None:
+                raise CheckpointError(message) from err
+            log.warning("%s; falling back to an earlier checkpoint", message)
+            print(f"warning: {message}; trying an earlier checkpoint", flush=True)
+    return None, None

@@ -1,0 +1,148 @@
+"""`alexnet-jax`: train, evaluate, predict, convert, summary, benchmark.
+
+Exit codes: 0 success, 2 usage errors (argparse), 1 runtime errors, 128+N when stopped by
+signal N. Errors are one line on stderr; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+DESCRIPTION = "d2l's AlexNet on Fashion-MNIST in JAX/Flax."
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="tfds data dir (where tfds keeps prepared datasets)")
+    p.add_argument("--manual-dir", help="folder with the four Fashion-MNIST release files, "
+                   "for offline use and the TF-free source")
+    p.add_argument("--source", choices=("auto", "tfds", "idx"), default="auto",
+                   help="tfds, the release files read directly (idx, needs no TensorFlow), "
+                   "or auto: tfds when TensorFlow is installed (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alexnet-jax", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train (or resume) d2l's run; defaults reproduce d2l")
+    t.add_argument("--workdir", default="runs/alexnet")
+    t.add_argument("--epochs", type=positive_int, default=10)
+    t.add_argument("--batch-size", type=positive_int, default=128)
+    t.add_argument("--lr", type=positive_float, default=0.01)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--pipeline", choices=("device", "host"), default="device",
+                   help="device: resize on the accelerator (fast); host: tf.data (default: device)")
+    _add_data_args(t)
+    t.add_argument("--limit-train", type=positive_int, help="use the first N train examples")
+    t.add_argument("--limit-test", type=positive_int, help="use the first N test examples")
+    t.add_argument("--checkpoint-every-steps", type=positive_int,
+                   help="also checkpoint every N steps (always after each epoch)")
+    t.add_argument("--keep-checkpoints", type=positive_int, default=3)
+    t.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="computation dtype; parameters stay float32")
+    t.add_argument("--strict-checkpoints", action="store_true",
+                   help="stop on a corrupted checkpoint instead of falling back to an earlier one")
+
+    e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    e.add_argument("--pipeline", choices=("device", "host"), default="device")
+    _add_data_args(e)
+
+    p = sub.add_parser("predict", help="a PNG grid of test images with true and predicted classes")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int)
+    p.add_argument("--num", type=positive_int, default=10)
+    p.add_argument("--out", default="predictions.png")
+    _add_data_args(p)
+
+    c = sub.add_parser("convert", help="PyTorch state_dict <-> checkpoint in a work dir")
+    direction = c.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-torch", metavar="FILE.pt",
+                           help="a torch.save(net.state_dict()) of d2l's model")
+    direction.add_argument("--to-torch", metavar="FILE.pt", help="write the checkpoint here")
+    c.add_argument("--workdir", required=True)
+    c.add_argument("--step", type=int)
+
+    s = sub.add_parser("summary", help="per-layer shapes, parameters and FLOPs")
+    s.add_argument("--image-size", type=positive_int, default=224)
+
+    b = sub.add_parser("benchmark", help="training-step throughput: JAX variants and PyTorch")
+    b.add_argument("--batch-size", type=positive_int, nargs="+", default=[128, 256, 512, 1024])
+    b.add_argument("--steps", type=positive_int, default=20, help="timed steps per row")
+    b.add_argument("--warmup", type=positive_int, default=2)
+    b.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
+    b.add_argument("--variants", nargs="+", help="only these rows (see the table's names)")
+    b.add_argument("--json", default="benchmark.json", help="where to write every figure")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "summary":
+        from .summary import format_summary
+
+        print(format_summary(args.image_size))
+        return 0
+    if args.command == "train":
+        from .train import TrainConfig, train_and_evaluate
+
+        keys = TrainConfig.__dataclass_fields__
+        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+        train_and_evaluate(config)
+        return 0
+    if args.command == "benchmark":
+        from .benchmark import main as benchmark_main
+
+        return benchmark_main(args)
+    from . import workdir_tools
+
+    if args.command == "evaluate":
+        workdir_tools.evaluate_command(args)
+    elif args.command == "predict":
+        workdir_tools.predict_command(args)
+    elif args.command == "convert":
+        workdir_tools.convert_command(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("alexnet-jax: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line; the traceback only when asked
+        if args.debug:
+            raise
+        code = getattr(err, "exit_code", 1)
+        print(f"alexnet-jax: error: {err}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,55 @@
+"""PNG figures: d2l's training curves and predict_ch3's grid of test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(points: list[dict], path: str | Path, num_epochs: int) -> None:
+    """d2l's animator: train loss solid, train acc magenta dashed, test acc green dash-dot."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    train = [p for p in points if "train_loss" in p]
+    test = [p for p in points if p.get("test_acc") is not None]
+    ax.plot([p["epoch"] for p in train], [p["train_loss"] for p in train], "-", label="train loss")
+    ax.plot([p["epoch"] for p in train], [p["train_acc"] for p in train], "m--",
+            label="train acc")
+    ax.plot([p["epoch"] for p in test], [p["test_acc"] for p in test], "g-.", label="test acc")
+    ax.set_xlabel("epoch")
+    ax.set_xlim(1, max(num_epochs, 2))
+    ax.grid(True)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)  # never leave a half-written plot
+
+
+def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path) -> None:
+    """A row-wrapped grid of 28x28 images, each titled 'true\\npredicted' as in d2l."""
+    plt = _pyplot()
+    n = len(images)
+    cols = min(n, 10)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.9 * rows), dpi=100,
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title in zip(axes.ravel(), images, titles):
+        ax.imshow(image, cmap="gray")
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

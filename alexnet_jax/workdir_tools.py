@@ -1,0 +1,114 @@
+"""evaluate, predict and convert: what the CLI does with a work dir's checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import checkpoints
+from .fashion_mnist import CLASS_NAMES, load_split
+from .input_pipeline import make_pipeline
+from .steps import TrainState, create_train_state, empty_metrics
+from .train import RunError, TrainConfig, build_model, checkpoint_tree, evaluate, write_config
+
+
+def saved_config(workdir: str | Path) -> TrainConfig:
+    """The TrainConfig recorded in a work dir (a converted one records fewer settings)."""
+    path = Path(workdir) / "config.json"
+    if not Path(workdir).is_dir():
+        raise RunError(f"work dir {workdir} does not exist; train or convert into it first")
+    if not path.is_file():
+        raise RunError(f"{path} is missing: {workdir} is not a work dir of alexnet-jax")
+    settings = json.loads(path.read_text())["settings"]
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in settings.items() if k in fields})
+
+
+def _empty_totals():
+    return {"train_seconds": 0.0, "train_examples": 0, "wall_seconds": 0.0}
+
+
+def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
+    """The train state of a work dir's checkpoint (the latest when step is None)."""
+    config = saved_config(workdir)
+    state = create_train_state(build_model(config), config.seed, config.lr)
+    mngr = checkpoints.manager(workdir, read_only=True)
+    try:
+        if not mngr.all_steps():
+            raise RunError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
+        target = checkpoint_tree(state, empty_metrics(), _empty_totals())
+        found, tree = checkpoints.restore_latest(mngr, target, step=step)
+    finally:
+        mngr.close()
+    if tree is None:
+        raise RunError(f"no readable checkpoint in {checkpoints.checkpoint_dir(workdir)}")
+    state = state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
+                          rng=tree["rng"])
+    return state, found
+
+
+def evaluate_command(args) -> None:
+    state, step = load_state(args.workdir, args.step)
+    split = load_split("test", args.source, args.data_dir, args.manual_dir)
+    result = evaluate(state.params, state.apply_fn, make_pipeline(args.pipeline, split, 256,
+                                                                  False, 0))
+    print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "
+          f"{result['acc']:.4f} on {result['count']} test images")
+
+
+def predict_command(args) -> None:
+    from .input_pipeline import model_input
+    from .plots import plot_predictions
+
+    state, step = load_state(args.workdir, args.step)
+    split = load_split("test", args.source, args.data_dir, args.manual_dir).head(args.num)
+    logits = state.apply_fn({"params": state.params}, model_input(jax.numpy.asarray(
+        split.images)), train=False)
+    predicted = np.asarray(jax.numpy.argmax(logits, -1))
+    titles = [f"{CLASS_NAMES[t]}\n{CLASS_NAMES[p]}" for t, p in zip(split.labels, predicted)]
+    plot_predictions(split.images, titles, args.out)
+    print(f"checkpoint step {step}; true -> predicted for the first {len(titles)} test images:")
+    for i, (t, p) in enumerate(zip(split.labels, predicted)):
+        mark = "" if t == p else "   (wrong)"
+        print(f"{i:4d}  {CLASS_NAMES[t]:>12} -> {CLASS_NAMES[p]}{mark}")
+    print(f"grid written to {args.out}")
+
+
+def convert_command(args) -> None:
+    from .torch_compat import params_from_torch, params_to_torch
+
+    if args.to_torch:
+        import torch
+
+        state, step = load_state(args.workdir, args.step)
+        torch.save(params_to_torch(jax.device_get(state.params)), args.to_torch)
+        print(f"wrote the checkpoint at step {step} of {args.workdir} to {args.to_torch}; "
+              "load it with net.load_state_dict(torch.load(FILE))")
+        return
+    import torch
+
+    source = Path(args.from_torch)
+    if not source.is_file():
+        raise RunError(f"{source} does not exist")
+    try:
+        state_dict = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RunError(f"{source} is not a PyTorch state dict saved with torch.save "
+                       f"({type(err).__name__}: {err})") from err
+    params = params_from_torch(state_dict)
+    workdir = Path(args.workdir)
+    if checkpoints.checkpoint_dir(workdir).exists() and any(
+            checkpoints.checkpoint_dir(workdir).iterdir()):
+        raise RunError(f"{workdir} already holds checkpoints; convert into a new work dir")
+    config = TrainConfig(workdir=str(workdir), num_classes=params["fc3"]["bias"].shape[0])
+    state = create_train_state(build_model(config), config.seed, config.lr, params=params)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(workdir, config, only=("num_classes",), extra={"converted_from": str(source)})
+    mngr = checkpoints.manager(workdir)
+    checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(), _empty_totals()))
+    mngr.wait_until_finished()
+    mngr.close()
+    print(f"converted {source} into a checkpoint at step 0 in {workdir}")

@@ -1,0 +1,79 @@
+"""Shared fixtures: the real data (FASHION_MNIST_DIR), d2l's PyTorch net, error reporting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+# On a GPU, compare at full float32 precision on both sides (no TF32, no bf16 passes).
+jax.config.update("jax_default_matmul_precision", "highest")
+
+MEASURED: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured errors and statistics")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def report():
+    """report(name, value, bound): record a measured figure for the end-of-run summary."""
+
+    def add(name: str, value: float, bound: float | None = None):
+        tail = "" if bound is None else f"  (bound {bound:.0e})"
+        MEASURED.append(f"{name:<64} {value:.3e}{tail}")
+
+    return add
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The release files; skipped when FASHION_MNIST_DIR is unset, an error when it is wrong."""
+    value = os.environ.get("FASHION_MNIST_DIR")
+    if not value:
+        pytest.skip("FASHION_MNIST_DIR is not set (point it at the four release files)")
+    path = Path(value)
+    missing = [n for n in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+               if not (path / n).is_file()]
+    if missing:
+        pytest.fail(f"FASHION_MNIST_DIR={value} lacks {missing}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_split(fashion_mnist_dir):
+    from alexnet_jax.fashion_mnist import load_idx_split
+
+    return load_idx_split(fashion_mnist_dir, "test")
+
+
+@pytest.fixture(scope="session")
+def train_split(fashion_mnist_dir):
+    from alexnet_jax.fashion_mnist import load_idx_split
+
+    return load_idx_split(fashion_mnist_dir, "train")
+
+
+def pillow_resize(images: np.ndarray, size: int = 224) -> np.ndarray:
+    """torchvision's Resize(size) on uint8 PIL images (Pillow's bilinear resample)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                     for im in images])
+
+
+def d2l_images(split, start: int, n: int) -> np.ndarray:
+    """d2l's preprocessing (Resize(224) + ToTensor) of n test images, NHWC float32."""
+    return (pillow_resize(split.images[start:start + n]).astype(np.float32) / 255.0)[..., None]
