@@ -147,15 +147,18 @@ def load_tfds_split(split: str, data_dir: str | None = None, manual_dir: str | N
             )
         if manual_dir is not None and not Path(manual_dir).is_dir():
             raise DataError(f"manual dir {manual_dir} does not exist. " + where_to_put_files())
-        config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        try:
-            builder.download_and_prepare(download_config=config)
-        except Exception as err:  # tfds raises many types: checksum, missing file, network
-            raise DataError(
-                f"tfds could not prepare fashion_mnist: {err}. " + where_to_put_files(manual_dir)
-            ) from err
-    images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
-                                                      as_supervised=True))
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+        ds = tfds.load("fashion_mnist", split=split, data_dir=data_dir, as_supervised=True,
+                       download_and_prepare_kwargs={"download_config": config})
+        # Chunks rather than batch_size=-1, which aborts on tfds.testing.mock_data.
+        chunks = list(tfds.as_numpy(ds.batch(10000)))
+        images = np.concatenate([c[0] for c in chunks])
+        labels = np.concatenate([c[1] for c in chunks])
+    except Exception as err:  # tfds raises many types: checksum, missing file, network
+        raise DataError(
+            f"tfds could not load fashion_mnist: {err}. " + where_to_put_files(manual_dir)
+        ) from err
     order = np.empty(len(labels), np.int64)
     order[tfds_release_order(len(labels), split)] = np.arange(len(labels))
     return Split(np.ascontiguousarray(images[order, :, :, 0]), labels[order].astype(np.int32))

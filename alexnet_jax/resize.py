@@ -1,10 +1,11 @@
-"""Pillow's bilinear resize of uint8 images, bit for bit, in numpy, JAX or TensorFlow.
+"""Pillow's bilinear resize of uint8 images, bit for bit, in JAX or TensorFlow.
 
 d2l resizes with torchvision's `Resize(224)` on the uint8 PIL image, which is Pillow's
 `Image.resize(..., BILINEAR)`. Pillow (src/libImaging/Resample.c) resamples in two
 separable passes, width then height, with coefficients in 22-bit fixed point, rounding
 and clamping to uint8 after each pass. We compute the same integer coefficients and
-apply them as a few shifted taps, so every backend gives exactly Pillow's pixels.
+apply them as a few shifted int32 taps (JAX inside the jitted step, TensorFlow in tf.data),
+so every backend gives exactly Pillow's pixels.
 For 28 -> 224 each sum is at most 255 * 2**22 + 2**21 < 2**31: int32 is exact.
 """
 
@@ -48,33 +49,6 @@ def pillow_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     return index, weight
 
 
-def pillow_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's fixed-point coefficients as a dense (out_size, in_size) float64 matrix.
-
-    Products and sums stay below 2**31, so float64 matmuls are exact integer arithmetic.
-    """
-    index, weight = pillow_taps(in_size, out_size)
-    matrix = np.zeros((out_size, in_size), np.float64)
-    np.add.at(matrix, (np.arange(out_size)[:, None], index), weight)
-    return matrix
-
-
-def _round_clip(total, xp):
-    return xp.clip(xp.floor((total + _HALF) / _SCALE), 0, 255)
-
-
-def resize_uint8_numpy(images: np.ndarray, size: int = 224) -> np.ndarray:
-    """Pillow's bilinear resize of (..., H, W) uint8 images to (..., size, size) uint8."""
-    images = np.asarray(images)
-    cols = pillow_matrix(images.shape[-1], size)
-    rows = pillow_matrix(images.shape[-2], size)
-    lead, (h, w) = images.shape[:-2], images.shape[-2:]
-    x = images.reshape(-1, w).astype(np.float64)
-    x = _round_clip(x @ cols.T, np).reshape(-1, h, size)  # width first, as Pillow
-    x = _round_clip(x.transpose(0, 2, 1).reshape(-1, h) @ rows.T, np)
-    return x.reshape(-1, size, size).transpose(0, 2, 1).reshape(*lead, size, size).astype(np.uint8)
-
-
 def _taps_pass_jax(images, axis: int, out_size: int):
     import jax.numpy as jnp
 
@@ -108,17 +82,16 @@ def to_model_input(resized, xp=np):
 
 
 def resize_uint8_tf(images, size: int = 224):
-    """Pillow's bilinear resize in TensorFlow ops (float64 matmuls, exact), for tf.data."""
+    """Pillow's bilinear resize in TensorFlow int32 ops (the same taps as JAX), for tf.data."""
     import tensorflow as tf
 
-    h, w = images.shape[-2], images.shape[-1]
-    cols = tf.constant(pillow_matrix(w, size))
-    rows = tf.constant(pillow_matrix(h, size))
+    def one_pass(x, axis):
+        index, weight = pillow_taps(x.shape[axis], size)
+        total = 0
+        for t in range(index.shape[1]):
+            w = weight[:, t] if axis == -1 else weight[:, t, None]
+            total = total + tf.gather(x, index[:, t], axis=axis) * tf.constant(w)
+        return tf.clip_by_value(tf.bitwise.right_shift(total + _HALF, PRECISION_BITS), 0, 255)
 
-    def round_clip(t):
-        return tf.clip_by_value(tf.math.floor((t + _HALF) / _SCALE), 0.0, 255.0)
-
-    x = tf.cast(images, tf.float64)
-    x = round_clip(tf.einsum("...hw,sw->...hs", x, cols))  # width first, as Pillow
-    x = round_clip(tf.einsum("th,...hs->...ts", rows, x))
-    return tf.cast(x, tf.uint8)
+    x = one_pass(tf.cast(images, tf.int32), -1)  # width first, as Pillow
+    return tf.cast(one_pass(x, -2), tf.uint8)
