@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     e.add_argument("--pipeline", choices=("device", "host"), default="device")
+    e.add_argument("--limit-test", type=positive_int, help="only the first N test images")
     _add_data_args(e)
 
     p = sub.add_parser("predict", help="a PNG grid of test images with true and predicted classes")

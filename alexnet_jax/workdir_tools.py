@@ -52,7 +52,7 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState
 
 def evaluate_command(args) -> None:
     state, step = load_state(args.workdir, args.step)
-    split = load_split("test", args.source, args.data_dir, args.manual_dir)
+    split = load_split("test", args.source, args.data_dir, args.manual_dir).head(args.limit_test)
     result = evaluate(state.params, state.apply_fn, make_pipeline(args.pipeline, split, 256,
                                                                   False, 0))
     print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "

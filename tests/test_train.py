@@ -1,0 +1,189 @@
+"""Training, resuming, evaluation, prediction and conversion through the CLI, on real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import d2l_images, rel_err
+from d2l_torch import d2l_net, nhwc_to_nchw
+
+from alexnet_jax.cli import main
+from alexnet_jax.workdir_tools import load_state
+
+SMALL = ["--limit-train", "48", "--limit-test", "16", "--batch-size", "16", "--source", "idx"]
+
+
+def train_args(workdir, data, epochs=2, *extra):
+    return ["train", "--workdir", str(workdir), "--epochs", str(epochs), "--manual-dir",
+            str(data), *SMALL, *extra]
+
+
+def params_of(workdir):
+    return jax.device_get(load_state(workdir)[0].params)
+
+
+@pytest.fixture(scope="module")
+def trained(fashion_mnist_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run") / "w"
+    assert main(train_args(workdir, fashion_mnist_dir)) == 0
+    return workdir
+
+
+def test_train_writes_d2l_outputs(trained, capsys):
+    files = {p.name for p in trained.iterdir()}
+    assert {"metrics.jsonl", "curves.png", "config.json", "checkpoints"} <= files
+    points = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    ends = [p for p in points if p["test_acc"] is not None]
+    assert [p["epoch"] for p in ends] == [1.0, 2.0]
+    assert len(points) == 2 * 3  # 3 steps per epoch: d2l's points at steps 1, 2 and 3
+    for p in points:
+        assert 0 <= p["train_acc"] <= 1 and np.isfinite(p["train_loss"]) and p["train_loss"] > 0
+        assert p["examples_per_sec"] > 0
+    config = json.loads((trained / "config.json").read_text())
+    assert config["settings"]["batch_size"] == 16 and "jax" in config["versions"]
+    assert sorted(int(p.name) for p in (trained / "checkpoints").iterdir()
+                  if p.name.isdigit()) == [3, 6]
+
+
+def test_rerun_trains_nothing_and_more_epochs_resume(trained, fashion_mnist_dir, capsys):
+    before = params_of(trained)
+    assert main(train_args(trained, fashion_mnist_dir)) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "test acc" in out
+    jax.tree.map(np.testing.assert_array_equal, params_of(trained), before)
+    assert main(train_args(trained, fashion_mnist_dir, 3)) == 0
+    out = capsys.readouterr().out
+    assert "resuming from the checkpoint at step 6 (epoch 3, batch 0)" in out
+    assert "epoch 3.00 step 9/9" in out
+    points = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [p["epoch"] for p in points if p["test_acc"] is not None] == [1.0, 2.0, 3.0]
+
+
+def test_conflicting_settings_are_refused(trained, fashion_mnist_dir, capsys):
+    args = train_args(trained, fashion_mnist_dir)
+    args[args.index("--batch-size") + 1] = "8"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "batch_size=16" in err and "8 now" in err and "Traceback" not in err
+
+
+def test_sigkill_after_checkpoint_resumes_bit_identical(fashion_mnist_dir, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    assert main(train_args(reference, fashion_mnist_dir)) == 0
+    workdir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "alexnet_jax.cli", *train_args(workdir, fashion_mnist_dir, 2,
+                                                                "--checkpoint-every-steps", "1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = workdir / "checkpoints"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert done and max(done) < 6, done  # killed mid-run, after a checkpoint
+    assert main(train_args(workdir, fashion_mnist_dir)) == 0
+    jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(reference))
+
+
+def test_convert_from_torch_same_accuracy(fashion_mnist_dir, test_split, tmp_path, capsys):
+    net = d2l_net(seed=11)
+    with torch.no_grad():
+        x = d2l_images(test_split, 0, 64)
+        net.eval()
+        torch_pred = net(nhwc_to_nchw(x)).argmax(1).numpy()
+    torch_acc = float(np.mean(torch_pred == test_split.labels[:64]))
+    pt = tmp_path / "d2l.pt"
+    torch.save(net.state_dict(), pt)
+    workdir = tmp_path / "converted"
+    assert main(["convert", "--from-torch", str(pt), "--workdir", str(workdir)]) == 0
+    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
+                 "--source", "idx", "--limit-test", "64"]) == 0
+    out = capsys.readouterr().out
+    assert f"test acc {torch_acc:.4f} on 64 test images" in out
+
+
+def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
+    pt = tmp_path / "out.pt"
+    assert main(["convert", "--to-torch", str(pt), "--workdir", str(trained)]) == 0
+    net = d2l_net(seed=0)
+    net.load_state_dict(torch.load(pt))
+    net.eval()
+    x = d2l_images(test_split, 0, 4)
+    state, _ = load_state(trained)
+    ours = np.asarray(state.apply_fn({"params": state.params}, x, train=False))
+    with torch.no_grad():
+        theirs = net(nhwc_to_nchw(x)).numpy()
+    assert rel_err(ours, theirs) <= 1e-5
+
+
+def test_predict_writes_grid_and_text(trained, fashion_mnist_dir, tmp_path, capsys):
+    out_png = tmp_path / "pred.png"
+    assert main(["predict", "--workdir", str(trained), "--num", "6", "--out", str(out_png),
+                 "--manual-dir", str(fashion_mnist_dir), "--source", "idx"]) == 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = capsys.readouterr().out
+    assert "Ankle boot ->" in text and "Pullover ->" in text  # test images 0 and 1
+
+
+def test_nonfinite_loss_stops_and_keeps_checkpoint(fashion_mnist_dir, tmp_path, capsys):
+    workdir = tmp_path / "nan"
+    args = train_args(workdir, fashion_mnist_dir, 2, "--lr", "1e6")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "non-finite train loss" in err and "by step" in err and "Traceback" not in err
+    kept = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] \
+        if (workdir / "checkpoints").exists() else []
+    assert all(int(k) <= 3 for k in kept)
+
+
+@pytest.mark.parametrize("bad", [["--lr", "0"], ["--lr", "-1"], ["--batch-size", "0"],
+                                 ["--epochs", "-2"], ["--lr", "abc"]])
+def test_bad_numbers_are_usage_errors(bad, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "alexnet_jax.cli", "train", "--workdir",
+                           str(tmp_path), *bad], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "expected a positive" in proc.stderr
+
+
+def test_evaluate_missing_workdir_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--workdir", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_summary_shapes_and_params(capsys):
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    shapes = [line.split()[-3] for line in out.splitlines() if line.startswith(("conv", "fc",
+                                                                                 "MaxPool"))]
+    assert shapes == ["54x54x96", "26x26x96", "26x26x256", "12x12x256", "12x12x384",
+                      "12x12x384", "12x12x256", "5x5x256", "4096", "4096", "10"]
+    assert "total parameters: 46,764,746" in out
+    from alexnet_jax import AlexNet, init_params
+
+    n = sum(p.size for p in jax.tree.leaves(init_params(AlexNet(), jax.random.key(0))))
+    assert n == 46_764_746
+
+
+def test_import_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; import alexnet_jax, alexnet_jax.train, "
+            "alexnet_jax.torch_compat; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
