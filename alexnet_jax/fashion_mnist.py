@@ -36,8 +36,10 @@ IDX_SHA256 = {
 }
 # SHA-256 of the release's .gz files, which tfds registers for fashion_mnist 3.0.1.
 GZ_SHA256 = {
-    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "train-images-idx3-ubyte.gz":
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz":
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
     "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
     "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
@@ -127,7 +129,8 @@ def _network_reachable(host: str = "storage.googleapis.com", timeout: float = 3.
         return False
 
 
-def load_tfds_split(split: str, data_dir: str | None = None, manual_dir: str | None = None) -> Split:
+def load_tfds_split(split: str, data_dir: str | None = None,
+                    manual_dir: str | None = None) -> Split:
     """One split through `tfds.load('fashion_mnist')`, reordered to the release order."""
     try:
         import tensorflow as tf

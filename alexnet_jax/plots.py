@@ -27,7 +27,8 @@ def plot_curves(points: list[dict], path: str | Path, num_epochs: int) -> None:
             label="train acc")
     ax.plot([p["epoch"] for p in test], [p["test_acc"] for p in test], "g-.", label="test acc")
     ax.set_xlabel("epoch")
-    ax.set_xlim(1, max(num_epochs, 2))
+    first = min((p["epoch"] for p in train), default=1.0)
+    ax.set_xlim(min(1.0, first), max(num_epochs, 1.0 + 1e-9))  # d2l: [1, num_epochs]
     ax.grid(True)
     ax.legend()
     fig.tight_layout()

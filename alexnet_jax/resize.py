@@ -26,7 +26,7 @@ def _bilinear(x: float) -> float:
     return 1.0 - x if x < 1.0 else 0.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pillow_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(indices, int32 weights), each (out_size, ksize): Pillow's precompute_coeffs."""
     scale = in_size / out_size

@@ -7,6 +7,7 @@ same command on the same work dir resumes exactly where the last checkpoint left
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -78,10 +79,8 @@ def package_versions() -> dict[str, str]:
              "tensorflow-datasets", "tensorflow", "tensorflow-cpu", "numpy")
     versions = {}
     for name in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -183,10 +182,8 @@ class SignalFlag:
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum, frame):
