@@ -1,0 +1,219 @@
+"""`alexnet-jax benchmark`: training-step throughput of JAX variants and d2l's PyTorch step.
+
+Every row: inputs already on the device, rotated among 4 batches, dropout on, warm-up steps
+first, each timed step ended by block_until_ready (JAX) or a device synchronize (PyTorch),
+then the median, p10 and p90 step time. Both frameworks run in the same process on the same
+device. FLOPs per image come from XLA's cost analysis of the compiled step, beside the
+analytic count; MFU is achieved FLOP/s over the device's peak for the compute dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import statistics
+import time
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .model import AlexNet
+from .steps import create_train_state, empty_metrics, train_step
+from .summary import forward_flops
+
+# Dense peak TFLOP/s per chip, by device_kind substring: (float32 without tensor cores or
+# TF32, bfloat16). Sources: NVIDIA H100/H200 datasheets (SXM: 67 FP32, 989 BF16 dense),
+# A100 datasheet (19.5, 312), V100 datasheet (15.7, 125 FP16), L4 datasheet (30.3, 121);
+# Google Cloud TPU docs, system architecture pages (v4 275, v5e 197, v5p 459, v6e 918 BF16;
+# TPUs run float32 matmuls as bf16 passes, so no float32 peak is listed).
+PEAK_TFLOPS = {
+    "H200": (67.0, 989.0), "H100": (67.0, 989.0), "A100": (19.5, 312.0),
+    "V100": (15.7, 125.0), "L4": (30.3, 121.0),
+    "TPU v4": (None, 275.0), "TPU v5 lite": (None, 197.0), "TPU v5e": (None, 197.0),
+    "TPU v5p": (None, 459.0), "TPU v6": (None, 918.0),
+}
+JAX_VARIANTS = {
+    "jax-f32-default": (None, "default"),
+    "jax-f32-highest": (None, "highest"),
+    "jax-bf16": (jnp.bfloat16, "default"),
+}
+
+
+def peak_flops(device_kind: str, bf16: bool) -> float | None:
+    for key, (f32, b16) in PEAK_TFLOPS.items():
+        if key.lower() in device_kind.lower():
+            peak = b16 if bf16 else f32
+            return None if peak is None else peak * 1e12
+    return None
+
+
+def summarize(times: list[float], batch: int) -> dict:
+    q = np.percentile(times, [10, 50, 90])
+    return {"step_ms_median": 1e3 * statistics.median(times), "step_ms_p10": 1e3 * q[0],
+            "step_ms_p90": 1e3 * q[2], "images_per_sec": batch / statistics.median(times)}
+
+
+def bench_jax(variant: str, batch: int, steps: int, warmup: int) -> dict:
+    dtype, precision = JAX_VARIANTS[variant]
+    with jax.default_matmul_precision(precision):
+        state = create_train_state(AlexNet(dtype=dtype), 0, 0.01)
+        rng = np.random.default_rng(0)
+        batches = [(jax.device_put(rng.random((batch, 224, 224, 1), np.float32)),
+                    jax.device_put(rng.integers(0, 10, batch).astype(np.int32)))
+                   for _ in range(4)]
+        step = jax.jit(train_step, donate_argnums=(0, 3))
+        t0 = time.perf_counter()
+        compiled = step.lower(state, *batches[0], empty_metrics()).compile()
+        compile_s = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+        times = []
+        for i in range(warmup + steps):
+            images, labels = batches[i % len(batches)]
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, images, labels, empty_metrics())
+            jax.block_until_ready(metrics)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    stats = jax.devices()[0].memory_stats() or {}
+    row = {"framework": "jax", "variant": variant, "batch": batch, "compile_s": compile_s,
+           "xla_flops_per_image": xla_flops / batch,
+           "peak_memory_bytes": stats.get("peak_bytes_in_use"), **summarize(times, batch)}
+    return row
+
+
+def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
+    import torch
+
+    from .d2l_reference import d2l_net
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = d2l_net(seed=0).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.train()  # dropout on, as in d2l's train_ch6
+
+    def d2l_step(x, y):
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = d2l_step
+    compile_s = 0.0
+    if variant == "torch-compile":
+        step = torch.compile(d2l_step)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(batch, 1, 224, 224, generator=g).to(device),
+                torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(4)]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + steps):
+        x, y = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        step(x, y)
+        sync()
+        dt = time.perf_counter() - t0
+        if i == 0:
+            compile_s = dt
+        if i >= warmup:
+            times.append(dt)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return {"framework": "torch", "variant": variant, "batch": batch,
+            "compile_s": compile_s if variant == "torch-compile" else None,
+            "xla_flops_per_image": None, "peak_memory_bytes": peak, **summarize(times, batch)}
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True) -> dict:
+    names = list(JAX_VARIANTS) + (["torch-eager", "torch-compile"] if with_torch else [])
+    if variants:
+        unknown = sorted(set(variants) - set(names))
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose from {names}")
+        names = [n for n in names if n in variants]
+    device_kind = jax.devices()[0].device_kind
+    analytic = 3 * forward_flops()
+    rows = []
+    for batch in batch_sizes:
+        for name in names:
+            try:
+                if name.startswith("jax"):
+                    row = bench_jax(name, batch, steps, warmup)
+                else:
+                    row = bench_torch(name, batch, steps, warmup)
+            except ImportError as err:
+                print(f"skipping {name}: {err}")
+                continue
+            except Exception as err:  # torch.compile needs a compiler toolchain, for one
+                rows.append({"variant": name, "batch": batch, "error": f"{type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}"})
+                continue
+            flops = row["xla_flops_per_image"] or analytic
+            row["analytic_flops_per_image"] = analytic
+            row["tflops_per_sec"] = flops * row["images_per_sec"] / 1e12
+            peak = peak_flops(device_kind, bf16=name == "jax-bf16")
+            row["mfu"] = None if peak is None else row["tflops_per_sec"] * 1e12 / peak
+            rows.append(row)
+    for batch in batch_sizes:  # JAX over PyTorch eager, same batch, same run
+        eager = next((r for r in rows if r["variant"] == "torch-eager" and r["batch"] == batch
+                      and "error" not in r), None)
+        for r in rows:
+            if r["batch"] == batch and "error" not in r:
+                r["vs_torch_eager"] = r["images_per_sec"] / eager["images_per_sec"] \
+                    if eager else None
+    return {"device_kind": device_kind, "platform": jax.devices()[0].platform,
+            "host": platform.node(), "versions": _versions(), "steps": steps,
+            "warmup": warmup, "rows": rows}
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"device: {result['device_kind']} ({result['platform']}); steps {result['steps']} "
+             f"after {result['warmup']} warm-up; versions {result['versions']}", "",
+             "| variant | batch | images/s | vs torch eager | step ms median (p10-p90) | "
+             "compile s | GFLOP/img (XLA) | TFLOP/s | MFU | peak mem GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['batch']} | failed: {r['error']} |"
+                         " | | | | | | |")
+            continue
+        mem = r["peak_memory_bytes"]
+        lines.append(
+            f"| {r['variant']} | {r['batch']} | {r['images_per_sec']:.1f} | "
+            f"{_fmt(r.get('vs_torch_eager'), '.2f')} | {r['step_ms_median']:.1f} "
+            f"({r['step_ms_p10']:.1f}-{r['step_ms_p90']:.1f}) | {_fmt(r['compile_s'], '.1f')} | "
+            f"{_fmt(r['xla_flops_per_image'] and r['xla_flops_per_image'] / 1e9, '.2f')} | "
+            f"{r['tflops_per_sec']:.3f} | {_fmt(r['mfu'], '.1%')} | "
+            f"{_fmt(mem and mem / 2**30, '.2f')} |")
+    lines.append(f"analytic training FLOPs per image: {3 * forward_flops() / 1e9:.2f} GFLOP "
+                 "(3 x forward)")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    result = run_benchmark(args.batch_size, args.steps, args.warmup, args.variants,
+                           with_torch=not args.no_torch)
+    print(markdown(result))
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.json}")
+    return 0
