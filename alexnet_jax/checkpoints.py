@@ -6,7 +6,10 @@ the current epoch's metrics, which is all a resumed run needs to continue bit fo
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +36,40 @@ def manager(workdir: str | Path, keep: int = 3, read_only: bool = False) -> ocp.
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
+def tree_digest(tree: dict[str, Any]) -> str:
+    """SHA-256 over every array's path, dtype, shape and bytes: catches bit rot on disk."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _digest_path(mngr: ocp.CheckpointManager, step: int) -> Path:
+    return Path(mngr.directory).parent / "checkpoint_digests" / f"{step}.sha256"
+
+
 def save(mngr: ocp.CheckpointManager, step: int, tree: dict[str, Any]) -> None:
-    """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames)."""
+    """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames).
+
+    The digest is written first, so every checkpoint orbax finalizes has one.
+    """
+    digest = _digest_path(mngr, step)
+    digest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = digest.with_suffix(".tmp")
+    tmp.write_text(tree_digest(tree) + "\n")
+    os.replace(tmp, digest)
     mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
 
 
 def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    digest = _digest_path(mngr, step)
+    if digest.is_file() and digest.read_text().strip() != tree_digest(tree):
+        raise CheckpointError("its arrays do not match the SHA-256 recorded when it was saved "
+                              f"({digest})")
     bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
            if np.issubdtype(np.asarray(leaf).dtype, np.floating)
            and not np.isfinite(np.asarray(leaf)).all()]
@@ -70,6 +99,12 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], strict: 
             message = f"checkpoint {path} is unreadable or corrupted ({type(err).__name__}: {err})"
             if strict or step is not None:
                 raise CheckpointError(message) from err
-            log.warning("%s; falling back to an earlier checkpoint", message)
-            print(f"warning: {message}; trying an earlier checkpoint", flush=True)
+            aside = Path(mngr.directory).parent / "corrupted_checkpoints" / str(s)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)  # out of orbax's way, kept for inspection
+            mngr.reload()
+            log.warning("%s; moved to %s; falling back to an earlier checkpoint", message, aside)
+            print(f"warning: {message}; moved it to {aside}; trying an earlier checkpoint",
+                  flush=True)
     return None, None

@@ -77,3 +77,32 @@ def pillow_resize(images: np.ndarray, size: int = 224) -> np.ndarray:
 def d2l_images(split, start: int, n: int) -> np.ndarray:
     """d2l's preprocessing (Resize(224) + ToTensor) of n test images, NHWC float32."""
     return (pillow_resize(split.images[start:start + n]).astype(np.float32) / 255.0)[..., None]
+
+
+SMALL_RUN = ["--limit-train", "48", "--limit-test", "16", "--batch-size", "16", "--source", "idx"]
+
+
+def train_args(workdir, data, epochs=2, *extra) -> list[str]:
+    """A small real-data run: 3 steps of 16 images per epoch."""
+    return ["train", "--workdir", str(workdir), "--epochs", str(epochs), "--manual-dir",
+            str(data), *SMALL_RUN, *extra]
+
+
+def params_of(workdir):
+    from alexnet_jax.workdir_tools import load_state
+
+    return jax.device_get(load_state(workdir)[0].params)
+
+
+@pytest.fixture(scope="session")
+def reference_params(fashion_mnist_dir, tmp_path_factory):
+    """Final params of an uninterrupted 2-epoch small run, to compare resumed runs with."""
+    from alexnet_jax.cli import main
+
+    workdir = tmp_path_factory.mktemp("reference") / "w"
+    assert main(train_args(workdir, fashion_mnist_dir)) == 0
+    return params_of(workdir)
+
+
+def assert_same_params(a, b) -> None:
+    jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -13,22 +13,11 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import d2l_images, rel_err
+from conftest import assert_same_params, d2l_images, params_of, rel_err, train_args
 from d2l_torch import d2l_net, nhwc_to_nchw
 
 from alexnet_jax.cli import main
 from alexnet_jax.workdir_tools import load_state
-
-SMALL = ["--limit-train", "48", "--limit-test", "16", "--batch-size", "16", "--source", "idx"]
-
-
-def train_args(workdir, data, epochs=2, *extra):
-    return ["train", "--workdir", str(workdir), "--epochs", str(epochs), "--manual-dir",
-            str(data), *SMALL, *extra]
-
-
-def params_of(workdir):
-    return jax.device_get(load_state(workdir)[0].params)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,7 @@ def test_rerun_trains_nothing_and_more_epochs_resume(trained, fashion_mnist_dir,
     assert main(train_args(trained, fashion_mnist_dir)) == 0
     out = capsys.readouterr().out
     assert "nothing to train" in out and "test acc" in out
-    jax.tree.map(np.testing.assert_array_equal, params_of(trained), before)
+    assert_same_params(params_of(trained), before)
     assert main(train_args(trained, fashion_mnist_dir, 3)) == 0
     out = capsys.readouterr().out
     assert "resuming from the checkpoint at step 6 (epoch 3, batch 0)" in out
@@ -76,9 +65,8 @@ def test_conflicting_settings_are_refused(trained, fashion_mnist_dir, capsys):
     assert "batch_size=16" in err and "8 now" in err and "Traceback" not in err
 
 
-def test_sigkill_after_checkpoint_resumes_bit_identical(fashion_mnist_dir, tmp_path):
-    reference = tmp_path / "uninterrupted"
-    assert main(train_args(reference, fashion_mnist_dir)) == 0
+def test_sigkill_after_checkpoint_resumes_bit_identical(fashion_mnist_dir, tmp_path,
+                                                        reference_params):
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "alexnet_jax.cli", *train_args(workdir, fashion_mnist_dir, 2,
                                                                 "--checkpoint-every-steps", "1")]
@@ -95,7 +83,7 @@ def test_sigkill_after_checkpoint_resumes_bit_identical(fashion_mnist_dir, tmp_p
     done = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     assert done and max(done) < 6, done  # killed mid-run, after a checkpoint
     assert main(train_args(workdir, fashion_mnist_dir)) == 0
-    jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(reference))
+    assert_same_params(params_of(workdir), reference_params)
 
 
 def test_convert_from_torch_same_accuracy(fashion_mnist_dir, test_split, tmp_path, capsys):
