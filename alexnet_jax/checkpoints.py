@@ -55,11 +55,12 @@ def save(mngr: ocp.CheckpointManager, step: int, tree: dict[str, Any]) -> None:
 
     The digest is written first, so every checkpoint orbax finalizes has one.
     """
-    digest = _digest_path(mngr, step)
-    digest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = digest.with_suffix(".tmp")
-    tmp.write_text(tree_digest(tree) + "\n")
-    os.replace(tmp, digest)
+    if jax.process_index() == 0:  # orbax's primary host; every process saves its shards
+        digest = _digest_path(mngr, step)
+        digest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = digest.with_suffix(".tmp")
+        tmp.write_text(tree_digest(tree) + "\n")
+        os.replace(tmp, digest)
     mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
 
 
@@ -100,9 +101,10 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], strict: 
             if strict or step is not None:
                 raise CheckpointError(message) from err
             aside = Path(mngr.directory).parent / "corrupted_checkpoints" / str(s)
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(aside, ignore_errors=True)
-            path.rename(aside)  # out of orbax's way, kept for inspection
+            if jax.process_index() == 0:
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(aside, ignore_errors=True)
+                path.rename(aside)  # out of orbax's way, kept for inspection
             mngr.reload()
             log.warning("%s; moved to %s; falling back to an earlier checkpoint", message, aside)
             print(f"warning: {message}; moved it to {aside}; trying an earlier checkpoint",

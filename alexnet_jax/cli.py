@@ -61,10 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every-steps", type=positive_int,
                    help="also checkpoint every N steps (always after each epoch)")
     t.add_argument("--keep-checkpoints", type=positive_int, default=3)
-    t.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="computation dtype; parameters stay float32")
+    t.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32",
+                   help="computation dtype; parameters stay float32 (float64: parameters "
+                   "too, for numerical checks; needs JAX_ENABLE_X64=1)")
     t.add_argument("--strict-checkpoints", action="store_true",
                    help="stop on a corrupted checkpoint instead of falling back to an earlier one")
+    m = t.add_argument_group("several hosts", "data-parallel training over many processes "
+                             "(one per host); --batch-size is the global batch")
+    m.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0's coordinator (jax.distributed)")
+    m.add_argument("--num-processes", type=positive_int)
+    m.add_argument("--process-id", type=int)
+    m.add_argument("--distributed", action="store_true",
+                   help="read the three settings above from the cluster (SLURM, Open MPI, "
+                   "Kubernetes, Cloud TPU, JAX_COORDINATOR_ADDRESS)")
 
     e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint")
     e.add_argument("--workdir", required=True)
@@ -108,8 +118,11 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(args.image_size))
         return 0
     if args.command == "train":
+        from .parallel import init_distributed
         from .train import TrainConfig, train_and_evaluate
 
+        init_distributed(args.coordinator, args.num_processes, args.process_id,
+                         auto=args.distributed)
         keys = TrainConfig.__dataclass_fields__
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
         train_and_evaluate(config)

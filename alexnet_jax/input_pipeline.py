@@ -5,8 +5,12 @@ the same (seed, epoch) they give the same examples in the same order with the sa
 (Pillow's bilinear resize, exactly), and a run can switch between them.
 
 - host: tf.data over the tfds arrays; parallel resize to 224x224 float32; prefetch; numpy out.
-- device: the uint8 split lives on the device; each step sends only the example indices and
+- device: the uint8 split lives on the devices; each step sends only the example indices and
   the jitted step resizes (`model_input`), so the host moves 4 bytes per image, not 200 KB.
+
+With several devices a batch is sharded over them; a last partial batch that they cannot share
+equally is filled up with padding examples (label -1), which the steps leave out of the loss
+and the metrics.
 """
 
 from __future__ import annotations
@@ -18,8 +22,18 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .fashion_mnist import Split
+from .parallel import (
+    PAD_LABEL,
+    batch_sharding,
+    global_array,
+    make_mesh,
+    pad_indices,
+    padded_size,
+    process_rows,
+)
 from .resize import PIXEL_TO_FLOAT, resize_uint8_jax, resize_uint8_tf, to_model_input
 
 IMAGE_SIZE = 224
@@ -57,77 +71,111 @@ def model_input(images):
 
 @dataclass
 class Batch:
-    images: object  # what `model_input` takes
-    labels: object  # (B,) int32
-    size: int  # number of examples (the last batch of an epoch is smaller)
+    images: jax.Array  # what `model_input` takes, sharded over the mesh's `data` axis
+    labels: jax.Array  # (B,) int32; -1 marks padding examples
+    size: int  # number of real examples (the last batch of an epoch is smaller)
 
 
-class HostPipeline:
-    """tf.data: gather, resize (exact Pillow, parallel), prefetch, numpy batches."""
+class _Pipeline:
+    """What both pipelines share: the epoch's batches of example indices, padded for the mesh."""
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int):
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
+                 mesh: Mesh | None = None):
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.mesh = mesh if mesh is not None else make_mesh()
+        self.sharding = batch_sharding(self.mesh)
+
+    def __len__(self) -> int:
+        return num_batches(len(self.split), self.batch_size)
+
+    def batch_indices(self, epoch: int, start_batch: int) -> list[np.ndarray]:
+        """Global example indices of each batch from `start_batch` on (-1: padding)."""
+        order = epoch_order(len(self.split), self.seed, epoch, self.shuffle).astype(np.int32)
+        return [pad_indices(order[b * self.batch_size : (b + 1) * self.batch_size],
+                            self.mesh.size) for b in range(start_batch, len(self))]
+
+
+class HostPipeline(_Pipeline):
+    """tf.data: gather, resize (exact Pillow, parallel), prefetch; each process loads only
+    the rows of every global batch that its own devices hold."""
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
+                 mesh: Mesh | None = None):
         import tensorflow as tf
 
+        super().__init__(split, batch_size, shuffle, seed, mesh)
         tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take GPU memory
         self._tf = tf
-        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self._images = tf.constant(split.images)
         self._labels = tf.constant(split.labels)
 
-    def __len__(self) -> int:
-        return num_batches(len(self.split), self.batch_size)
-
     def _load(self, indices):
         tf = self._tf
+        real = indices >= 0
+        indices = tf.maximum(indices, 0)
         images = resize_uint8_tf(tf.gather(self._images, indices), IMAGE_SIZE)
         images = tf.gather(PIXEL_TO_FLOAT, tf.cast(images, tf.int32))[..., None]
-        return images, tf.gather(self._labels, indices)
+        labels = tf.where(real, tf.gather(self._labels, indices), PAD_LABEL)
+        return images, labels
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         tf = self._tf
-        order = epoch_order(len(self.split), self.seed, epoch, self.shuffle)
-        ds = tf.data.Dataset.from_tensor_slices(order[start_batch * self.batch_size :])
-        ds = ds.batch(self.batch_size, drop_remainder=False)
+        batches = self.batch_indices(epoch, start_batch)
+        if not batches:
+            return
+        local = [b[process_rows(self.sharding, len(b))] for b in batches]
+        # Every batch has the same length but the last: one tensor dataset each.
+        same = len(local) if len(local[-1]) == len(local[0]) else len(local) - 1
+        ds = tf.data.Dataset.from_tensor_slices(np.stack(local[:same]))
+        if same < len(local):
+            ds = ds.concatenate(tf.data.Dataset.from_tensor_slices(local[-1][None]))
         ds = ds.map(self._load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.prefetch(tf.data.AUTOTUNE)
-        for images, labels in ds.as_numpy_iterator():
-            yield Batch(images, labels, len(labels))
+        for indices, (images, labels) in zip(batches, ds.as_numpy_iterator()):
+            yield Batch(global_array(self.sharding, images, len(indices)),
+                        global_array(self.sharding, labels, len(indices)),
+                        int(np.sum(indices >= 0)))
 
 
-@jax.jit
 def _gather(images, labels, indices):
-    return images[indices], labels[indices]
+    real = indices >= 0
+    indices = jnp.maximum(indices, 0)
+    return images[indices], jnp.where(real, labels[indices], PAD_LABEL)
 
 
-class DevicePipeline:
-    """The uint8 split on the device; each batch is a device-side gather of its indices."""
+class DevicePipeline(_Pipeline):
+    """The uint8 split lives on the devices, sharded over them (one copy in all, not one per
+    device); each batch is a device-side gather of its indices, delivered sharded."""
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
-                 sharding: jax.sharding.Sharding | None = None):
-        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self._images = jax.device_put(split.images, sharding)
-        self._labels = jax.device_put(split.labels, sharding)
+                 mesh: Mesh | None = None):
+        super().__init__(split, batch_size, shuffle, seed, mesh)
+        stored = padded_size(len(split), self.mesh.size)  # a sharded array splits evenly
+        self._images = self._put(split.images, stored)
+        self._labels = self._put(split.labels, stored)
+        self._gather = jax.jit(_gather, out_shardings=(self.sharding, self.sharding))
 
-    def __len__(self) -> int:
-        return num_batches(len(self.split), self.batch_size)
+    def _put(self, array: np.ndarray, stored: int) -> jax.Array:
+        padded = np.zeros((stored, *array.shape[1:]), array.dtype)
+        padded[: len(array)] = array
+        return jax.make_array_from_callback(padded.shape, self.sharding, lambda i: padded[i])
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.split), self.seed, epoch, self.shuffle).astype(np.int32)
-        for b in range(start_batch, len(self)):
-            indices = order[b * self.batch_size : (b + 1) * self.batch_size]
-            images, labels = _gather(self._images, self._labels, indices)
-            yield Batch(images, labels, len(indices))
+        for indices in self.batch_indices(epoch, start_batch):
+            images, labels = self._gather(self._images, self._labels, indices)
+            yield Batch(images, labels, int(np.sum(indices >= 0)))
 
 
-def make_pipeline(kind: str, split: Split, batch_size: int, shuffle: bool, seed: int):
+def make_pipeline(kind: str, split: Split, batch_size: int, shuffle: bool, seed: int,
+                  mesh: Mesh | None = None):
     if kind == "host":
         try:
-            return HostPipeline(split, batch_size, shuffle, seed)
+            return HostPipeline(split, batch_size, shuffle, seed, mesh)
         except ImportError as err:
             raise RuntimeError(
                 f"the host pipeline runs on tf.data, which needs TensorFlow ({err}); "
                 "use --pipeline device"
             ) from err
     if kind == "device":
-        return DevicePipeline(split, batch_size, shuffle, seed)
+        return DevicePipeline(split, batch_size, shuffle, seed, mesh)
     raise ValueError(f"pipeline must be one of {PIPELINES}, got {kind!r}")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from .input_pipeline import model_input
 from .model import AlexNet, init_params
+from .parallel import batch_sharding, replicated
 
 
 @flax.struct.dataclass
@@ -58,11 +61,19 @@ def empty_metrics() -> dict[str, jax.Array]:
 
 
 def _batch_metrics(losses, logits, labels) -> dict[str, jax.Array]:
+    """Sums over the real examples of a batch (padding examples have label -1)."""
+    real = labels >= 0
     return {
-        "loss_sum": jnp.sum(losses.astype(jnp.float32)),
-        "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32),
-        "count": jnp.asarray(labels.shape[0], jnp.int32),
+        "loss_sum": jnp.sum(jnp.where(real, losses.astype(jnp.float32), 0.0)),
+        "correct": jnp.sum(real & (jnp.argmax(logits, -1) == labels)).astype(jnp.int32),
+        "count": jnp.sum(real).astype(jnp.int32),
     }
+
+
+def mean_loss(losses, labels):
+    """d2l's mean cross-entropy over the real examples (a padded batch has fewer)."""
+    real = labels >= 0
+    return jnp.sum(jnp.where(real, losses, 0.0)) / jnp.maximum(jnp.sum(real), 1)
 
 
 def train_step(state: TrainState, images, labels, metrics):
@@ -73,8 +84,8 @@ def train_step(state: TrainState, images, labels, metrics):
     def loss_fn(params):
         logits = state.apply_fn({"params": params}, x, train=True,
                                 rngs={"dropout": dropout_key})
-        losses = cross_entropy(logits, labels)
-        return jnp.mean(losses), (losses, logits)
+        losses = cross_entropy(logits, jnp.maximum(labels, 0))
+        return mean_loss(losses, labels), (losses, logits)
 
     grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -84,12 +95,26 @@ def train_step(state: TrainState, images, labels, metrics):
     return state, jax.tree.map(jnp.add, metrics, batch)
 
 
-def eval_step(params, apply_fn, images, labels, metrics):
+def eval_step(state: TrainState, images, labels, metrics):
     """Test loss and accuracy sums of one batch (dropout off)."""
-    logits = apply_fn({"params": params}, model_input(images), train=False)
-    batch = _batch_metrics(cross_entropy(logits, labels), logits, labels)
+    logits = state.apply_fn({"params": state.params}, model_input(images), train=False)
+    batch = _batch_metrics(cross_entropy(logits, jnp.maximum(labels, 0)), logits, labels)
     return jax.tree.map(jnp.add, metrics, batch)
 
 
-jit_train_step = jax.jit(train_step, donate_argnums=(0, 3))
-jit_eval_step = jax.jit(eval_step, static_argnums=(1,), donate_argnums=(4,))
+class Steps(NamedTuple):
+    train: Any  # (state, images, labels, metrics) -> (state, metrics); state, metrics donated
+    eval: Any  # (state, images, labels, metrics) -> metrics; metrics donated
+
+
+@functools.cache
+def jit_steps(mesh: Mesh) -> Steps:
+    """The steps compiled for `mesh`: batches sharded over its devices, the rest replicated."""
+    repl, data = replicated(mesh), batch_sharding(mesh)
+    shardings = (repl, data, data, repl)
+    return Steps(
+        train=jax.jit(train_step, in_shardings=shardings, out_shardings=(repl, repl),
+                      donate_argnums=(0, 3)),
+        eval=jax.jit(eval_step, in_shardings=shardings, out_shardings=repl,
+                     donate_argnums=(3,)),
+    )

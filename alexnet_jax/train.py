@@ -28,12 +28,15 @@ from . import checkpoints
 from .fashion_mnist import load_split
 from .input_pipeline import batch_spec, make_pipeline
 from .model import AlexNet
+from .parallel import check_batch_size, is_primary, make_mesh, padded_size, put_replicated
 from .plots import plot_curves
-from .steps import TrainState, create_train_state, empty_metrics, jit_eval_step, jit_train_step
+from .steps import Steps, TrainState, create_train_state, empty_metrics, jit_steps
 
 # Settings that define a run: a work dir refuses to continue with other values.
 RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes")
-DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+# --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
+DTYPES = {"float32": (None, jnp.float32), "bfloat16": (jnp.bfloat16, jnp.float32),
+          "float64": (jnp.float64, jnp.float64)}
 
 
 @dataclass
@@ -67,11 +70,12 @@ class Interrupted(RunError):
 
 
 def device_name() -> str:
-    """d2l's device string: cuda:0, tpu:0 or cpu:0."""
+    """d2l's device string (cuda:0, tpu:0 or cpu:0); `N x cuda` for N devices."""
     dev = jax.devices()[0]
     platform = "cuda" if dev.platform == "gpu" and "rocm" not in dev.client.platform_version \
         else dev.platform
-    return f"{platform}:{dev.id}"
+    count = jax.device_count()
+    return f"{platform}:{dev.id}" if count == 1 else f"{count} x {platform}"
 
 
 def package_versions() -> dict[str, str]:
@@ -93,6 +97,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--lr must be a positive number, got {config.lr}")
     if config.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {config.dtype}")
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("--dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
 
 
 def prepare_workdir(config: TrainConfig) -> Path:
@@ -114,12 +120,15 @@ def prepare_workdir(config: TrainConfig) -> Path:
 
 def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> None:
     """config.json: the settings (or `only` those), package versions and devices."""
+    if not is_primary():
+        return
     settings = dataclasses.asdict(config)
     record = {
         "settings": {k: settings[k] for k in only} if only else settings,
         **(extra or {}),
         "versions": package_versions(),
         "devices": [str(d) for d in jax.devices()],
+        "num_processes": jax.process_count(),
         "device_kind": jax.devices()[0].device_kind,
         "python": sys.version.split()[0],
     }
@@ -138,33 +147,43 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int):
         self.path = path
         self.points = []
+        self.write = is_primary()  # one writer in a multi-process run
         if path.exists():
             for line in path.read_text().splitlines():
                 if line.strip():
                     point = json.loads(line)
                     if point["step"] <= resume_step:
                         self.points.append(point)
-            _write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
+            if self.write:
+                _write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
 
     def add(self, point: dict) -> None:
         self.points.append(point)
+        if not self.write:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(point) + "\n")
             f.flush()
 
 
-def evaluate(params, apply_fn, pipeline) -> dict[str, float]:
+def evaluate(state: TrainState, pipeline) -> dict[str, float]:
     """Test loss and accuracy over every example of `pipeline` (d2l's evaluate_accuracy_gpu)."""
-    metrics = empty_metrics()
+    eval_step = jit_steps(pipeline.mesh).eval
+    metrics = put_replicated(empty_metrics(), pipeline.mesh)
     for batch in pipeline.epoch(0):
-        metrics = jit_eval_step(params, apply_fn, batch.images, batch.labels, metrics)
+        metrics = eval_step(state, batch.images, batch.labels, metrics)
     m = jax.device_get(metrics)
     return {"loss": float(m["loss_sum"]) / int(m["count"]),
             "acc": int(m["correct"]) / int(m["count"]), "count": int(m["count"])}
 
 
 def build_model(config: TrainConfig) -> AlexNet:
-    return AlexNet(num_classes=config.num_classes, dtype=DTYPES[config.dtype])
+    dtype, param_dtype = DTYPES[config.dtype]
+    return AlexNet(num_classes=config.num_classes, dtype=dtype, param_dtype=param_dtype)
+
+
+def _quiet(*args) -> None:
+    """`out` of processes other than 0."""
 
 
 def checkpoint_tree(state: TrainState, epoch_metrics, totals) -> dict:
@@ -194,22 +213,32 @@ class SignalFlag:
             signal.signal(sig, handler)
 
 
-def train_and_evaluate(config: TrainConfig, out=print) -> dict:
-    """Train (or resume) the run in config.workdir; return its final metrics."""
+def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict]:
+    """Train (or resume) the run in config.workdir; return the final state and metrics."""
     check_config(config)
+    mesh = make_mesh()
+    try:
+        check_batch_size(config.batch_size, mesh.size)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    if not is_primary():
+        out = _quiet
     workdir = prepare_workdir(config)
     train_split = load_split("train", config.source, config.data_dir,
                              config.manual_dir).head(config.limit_train)
     test_split = load_split("test", config.source, config.data_dir,
                             config.manual_dir).head(config.limit_test)
-    train_pipe = make_pipeline(config.pipeline, train_split, config.batch_size, True, config.seed)
-    test_pipe = make_pipeline(config.pipeline, test_split, config.batch_size, False, config.seed)
+    train_pipe = make_pipeline(config.pipeline, train_split, config.batch_size, True,
+                               config.seed, mesh)
+    test_pipe = make_pipeline(config.pipeline, test_split, config.batch_size, False,
+                              config.seed, mesh)
     steps_per_epoch = len(train_pipe)
     total_steps = steps_per_epoch * config.epochs
 
     model = build_model(config)
-    state = create_train_state(model, config.seed, config.lr)
-    epoch_metrics = empty_metrics()
+    state = put_replicated(create_train_state(model, config.seed, config.lr), mesh)
+    epoch_metrics = put_replicated(empty_metrics(), mesh)
+    steps = jit_steps(mesh)
     totals = {"train_seconds": np.float64(0.0), "train_examples": np.int64(0),
               "wall_seconds": np.float64(0.0)}
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
@@ -227,14 +256,15 @@ def train_and_evaluate(config: TrainConfig, out=print) -> dict:
     if start_step >= total_steps:
         out(f"this run is finished ({start_step} steps of {total_steps}); nothing to train")
         mngr.close()
-        return report(log, totals, out)
+        return state, report(log, totals, out)
 
     wall_start = time.perf_counter() - float(totals["wall_seconds"])
-    compile_seconds = compile_steps(state, epoch_metrics, config.pipeline,
-                                    {config.batch_size, len(train_split) % config.batch_size})
+    last_batch = padded_size(len(train_split) % config.batch_size, mesh.size)
+    compile_seconds = compile_steps(steps, state, epoch_metrics, config.pipeline,
+                                    {config.batch_size, last_batch})
     out(f"compiled the train step in {compile_seconds:.1f} s (not counted in examples/sec)")
     log_every = max(steps_per_epoch // 5, 1)  # d2l's animator: 5 points per epoch
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and is_primary()
     last_saved = start_step
     try:
         with SignalFlag() as flag:
@@ -246,8 +276,8 @@ def train_and_evaluate(config: TrainConfig, out=print) -> dict:
                 step_seconds = 0.0
                 for i, batch in enumerate(train_pipe.epoch(epoch, first), start=first):
                     t0 = time.perf_counter()
-                    state, epoch_metrics = jit_train_step(state, batch.images, batch.labels,
-                                                          epoch_metrics)
+                    state, epoch_metrics = steps.train(state, batch.images, batch.labels,
+                                                       epoch_metrics)
                     jax.block_until_ready(epoch_metrics)
                     dt = time.perf_counter() - t0
                     step_seconds += dt
@@ -287,7 +317,7 @@ def train_and_evaluate(config: TrainConfig, out=print) -> dict:
                             f"{checkpoints.checkpoint_dir(workdir)}. Run the same command to "
                             "resume.", flag.signum)
                 bar.close()
-                test = evaluate(state.params, state.apply_fn, test_pipe)
+                test = evaluate(state, test_pipe)
                 m = jax.device_get(epoch_metrics)
                 point = point_at(epoch, steps_per_epoch - 1, steps_per_epoch,
                                  (epoch + 1) * steps_per_epoch, m, totals, wall_start)
@@ -296,24 +326,25 @@ def train_and_evaluate(config: TrainConfig, out=print) -> dict:
                              if first == 0 else None)
                 log.add(point)
                 out(progress_line(point, point["step"], total_steps))
-                epoch_metrics = empty_metrics()
+                epoch_metrics = put_replicated(empty_metrics(), mesh)
                 totals["wall_seconds"] = np.float64(time.perf_counter() - wall_start)
                 checkpoints.save(mngr, point["step"],
                                  checkpoint_tree(state, epoch_metrics, totals))
                 last_saved = point["step"]
-                plot_curves(log.points, workdir / "curves.png", config.epochs)
+                if is_primary():
+                    plot_curves(log.points, workdir / "curves.png", config.epochs)
     finally:
         mngr.wait_until_finished()
         mngr.close()
-    return report(log, totals, out)
+    return state, report(log, totals, out)
 
 
-def compile_steps(state, metrics, pipeline: str, batch_sizes) -> float:
+def compile_steps(steps: Steps, state, metrics, pipeline: str, batch_sizes) -> float:
     """Compile the train step for each batch size ahead of time, so no timed step compiles."""
     t0 = time.perf_counter()
     for size in sorted(b for b in batch_sizes if b):
         images, labels = batch_spec(pipeline, size)
-        jit_train_step.lower(state, images, labels, metrics).compile()
+        steps.train.lower(state, images, labels, metrics).compile()
     return time.perf_counter() - t0
 
 
@@ -347,5 +378,7 @@ def report(log: MetricsLog, totals, out) -> dict:
     out(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, "
         f"test acc {last['test_acc']:.3f}")
     out(f"{speed:.1f} examples/sec on {device_name()}")
+    if jax.device_count() > 1:
+        out(f"{speed / jax.device_count():.1f} examples/sec per device")
     out(f"wall time {last['wall_seconds']:.1f} s")
     return {**last, "examples_per_sec": speed}

@@ -11,6 +11,7 @@ import numpy as np
 from . import checkpoints
 from .fashion_mnist import CLASS_NAMES, load_split
 from .input_pipeline import make_pipeline
+from .parallel import make_mesh, put_replicated
 from .steps import TrainState, create_train_state, empty_metrics
 from .train import RunError, TrainConfig, build_model, checkpoint_tree, evaluate, write_config
 
@@ -34,7 +35,8 @@ def _empty_totals():
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
     """The train state of a work dir's checkpoint (the latest when step is None)."""
     config = saved_config(workdir)
-    state = create_train_state(build_model(config), config.seed, config.lr)
+    state = put_replicated(create_train_state(build_model(config), config.seed, config.lr),
+                           make_mesh())
     mngr = checkpoints.manager(workdir, read_only=True)
     try:
         if not mngr.all_steps():
@@ -53,8 +55,7 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState
 def evaluate_command(args) -> None:
     state, step = load_state(args.workdir, args.step)
     split = load_split("test", args.source, args.data_dir, args.manual_dir).head(args.limit_test)
-    result = evaluate(state.params, state.apply_fn, make_pipeline(args.pipeline, split, 256,
-                                                                  False, 0))
+    result = evaluate(state, make_pipeline(args.pipeline, split, 256, False, 0))
     print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "
           f"{result['acc']:.4f} on {result['count']} test images")
 

@@ -18,7 +18,8 @@ from d2l_torch import d2l_net, nhwc_to_nchw
 from scipy import stats
 
 from alexnet_jax import AlexNet, init_params
-from alexnet_jax.steps import create_train_state, cross_entropy, empty_metrics, jit_train_step
+from alexnet_jax.parallel import make_mesh
+from alexnet_jax.steps import create_train_state, cross_entropy, empty_metrics, jit_steps
 from alexnet_jax.torch_compat import TORCH_INDEX, params_from_torch, params_to_torch
 
 BATCH = 2  # AlexNet-224 costs ~2 GFLOP per image forward; small batches keep CI quick
@@ -151,8 +152,8 @@ def test_sgd_trajectory_float64_real(test_split, report):
             torch.nn.functional.cross_entropy(net(nhwc_to_nchw(x)),
                                               torch.from_numpy(labels).long()).backward()
             opt.step()
-            state, _ = jit_train_step(state, jnp.asarray(x), jnp.asarray(labels),
-                                      empty_metrics())
+            state, _ = jit_steps(make_mesh()).train(state, jnp.asarray(x),
+                                                    jnp.asarray(labels), empty_metrics())
         ours = params_to_torch(jax.device_get(state.params), as_tensors=False)
     theirs = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     errors = {k: rel_err(ours[k], theirs[k]) for k in theirs}

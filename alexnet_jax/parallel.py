@@ -1,0 +1,106 @@
+"""Data parallelism through JAX's own sharding: a 1-D mesh, sharded batches, many hosts.
+
+One mesh axis, `data`, spans every device of every process. A global batch is split along
+it (each device gets `batch / devices` examples), parameters and optimizer state are
+replicated, and XLA inserts the gradient all-reduce. With one device all of this is a
+no-op, so there is one train step for 1 and N devices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+PAD_LABEL = -1  # label of the examples that fill a last batch up to a multiple of the devices
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None,
+                     process_id: int | None, auto: bool = False) -> None:
+    """Join a multi-process run (before anything else touches JAX's devices).
+
+    Either all three of coordinator, num_processes and process_id, or `auto`: JAX then reads
+    them from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU, JAX_COORDINATOR_ADDRESS).
+    """
+    given = {"--coordinator": coordinator, "--num-processes": num_processes,
+             "--process-id": process_id}
+    if not auto and all(v is None for v in given.values()):
+        return
+    missing = [k for k, v in given.items() if v is None]
+    if not auto and missing:
+        raise ValueError(f"a multi-process run needs --coordinator, --num-processes and "
+                         f"--process-id together; missing {', '.join(missing)} "
+                         "(or use --distributed to read them from the cluster)")
+    if num_processes is not None and process_id is not None \
+            and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over all devices, in JAX's order (devices of one process are adjacent)."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, num_devices: int) -> None:
+    """Refuse a global batch the devices cannot share equally, naming the nearest good ones."""
+    if batch_size % num_devices == 0:
+        return
+    lower = batch_size // num_devices * num_devices
+    upper = lower + num_devices
+    nearest = f"{lower} or {upper}" if lower else f"{upper}"
+    raise ValueError(f"--batch-size {batch_size} (the global batch) is not divisible by the "
+                     f"{num_devices} devices, so they cannot share it equally; use {nearest}")
+
+
+def padded_size(size: int, num_devices: int) -> int:
+    """A last partial batch is filled up to a multiple of the devices with padding examples."""
+    return math.ceil(size / num_devices) * num_devices
+
+
+def pad_indices(indices: np.ndarray, num_devices: int) -> np.ndarray:
+    """Example indices of one global batch, with -1 for padding examples."""
+    pad = padded_size(len(indices), num_devices) - len(indices)
+    return np.concatenate([indices, np.full(pad, -1, indices.dtype)]) if pad else indices
+
+
+def process_rows(sharding: NamedSharding, global_size: int) -> slice:
+    """The rows of a global batch that live on this process's devices (one contiguous run)."""
+    rows = [idx[0] for idx in sharding.addressable_devices_indices_map((global_size,)).values()]
+    start = min(r.start or 0 for r in rows)
+    stop = max(global_size if r.stop is None else r.stop for r in rows)
+    return slice(start, stop)
+
+
+def global_array(sharding: NamedSharding, local: np.ndarray, global_size: int) -> jax.Array:
+    """One global, sharded array from the rows this process holds (`process_rows`)."""
+    return jax.make_array_from_process_local_data(sharding, local,
+                                                  (global_size, *local.shape[1:]))
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Host values (the same in every process) as arrays replicated over the mesh."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def is_primary() -> bool:
+    """Only process 0 writes metrics, plots, config and prints progress."""
+    return jax.process_index() == 0

@@ -1,0 +1,207 @@
+"""Data parallelism: 4 devices (forced on the CPU) and 2 processes give the 1-device result.
+
+Every run is a subprocess (tests/parallel_worker.py), so this process keeps its one device.
+The runs train in float64: AlexNet with dropout in float32 is chaotic at this scale (a 1e-8
+change of the initial params grows to 1e-3 in 5 steps, measured), so float32 round-off in a
+different reduction order would hide whether the parallel step computes the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import rel_err
+
+from alexnet_jax.cli import main
+from alexnet_jax.parallel import check_batch_size, make_mesh, pad_indices, put_replicated
+
+WORKER = Path(__file__).with_name("parallel_worker.py")
+
+
+def settings(workdir, data, **kw) -> dict:
+    """5 steps of 8 images (40 train images, no partial batch), 12 test images, float64."""
+    return {"workdir": str(workdir), "batch_size": 8, "limit_train": 40, "limit_test": 12,
+            "source": "idx", "manual_dir": str(data), "dtype": "float64", **kw}
+
+
+def worker(prefix, config: dict, epochs="1", devices=1, distributed=()) -> subprocess.Popen:
+    """A training process (float64: see the module docstring) with `devices` CPU devices."""
+    env = {**os.environ, "JAX_ENABLE_X64": "1",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen([sys.executable, str(WORKER), str(prefix), json.dumps(config),
+                             epochs, *map(str, distributed)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    return output
+
+
+def flat_params(params) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(p): np.asarray(leaf)
+            for p, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(params))}
+
+
+def worst_error(saved, reference) -> tuple[str, float]:
+    errors = {k: rel_err(saved[k], reference[k]) for k in reference if k.startswith("[")}
+    worst = max(errors, key=errors.get)
+    return worst, errors[worst]
+
+
+def test_batch_size_the_devices_cannot_share_is_refused():
+    with pytest.raises(ValueError, match=r"--batch-size 30 .* 4 devices.*use 28 or 32"):
+        check_batch_size(30, 4)
+    with pytest.raises(ValueError, match=r"use 8$"):
+        check_batch_size(3, 8)
+    check_batch_size(128, 8)
+    np.testing.assert_array_equal(pad_indices(np.arange(6), 4), [0, 1, 2, 3, 4, 5, -1, -1])
+    assert len(pad_indices(np.arange(8), 4)) == 8
+
+
+def test_cli_refuses_indivisible_batch_on_four_devices(fashion_mnist_dir, tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, "-m", "alexnet_jax.cli", "train", "--workdir",
+                           str(tmp_path / "w"), "--batch-size", "30", "--manual-dir",
+                           str(fashion_mnist_dir)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert "--batch-size 30 (the global batch) is not divisible by the 4 devices" in proc.stderr
+    assert "use 28 or 32" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_padding_examples_change_nothing(test_split):
+    """A batch of 6 filled up to 8 with padding (label -1) trains exactly like the 6 alone."""
+    from alexnet_jax.model import AlexNet
+    from alexnet_jax.steps import create_train_state, empty_metrics, jit_steps
+
+    mesh = make_mesh()
+    step = jit_steps(mesh).train
+    model = AlexNet(dropout_rate=0.0)  # dropout draws depend on the batch shape
+    images = test_split.images[:8].copy()
+    labels = test_split.labels[:8].astype(np.int32)
+    padded = labels.copy()
+    padded[6:] = -1
+    images[6:] = 255  # padding pixels must not matter either
+    results = []
+    for x, y in ((images[:6], labels[:6]), (images, padded)):
+        state = put_replicated(create_train_state(model, 0, 0.01), mesh)
+        state, metrics = step(state, x, y, put_replicated(empty_metrics(), mesh))
+        results.append((flat_params(state.params), jax.device_get(metrics)))
+    (p6, m6), (p8, m8) = results
+    assert int(m8["count"]) == 6 and int(m8["correct"]) == int(m6["correct"])
+    assert rel_err(m8["loss_sum"], m6["loss_sum"]) < 1e-6
+    assert worst_error(p8, p6)[1] < 1e-6
+
+
+@pytest.fixture(scope="module")
+def one_device_run(fashion_mnist_dir, tmp_path_factory):
+    """The reference: 1 device, 1 process, trained to epoch 1 (5 steps) and then epoch 2."""
+    tmp = tmp_path_factory.mktemp("one")
+    finish(worker(tmp / "one", settings(tmp / "w", fashion_mnist_dir), "1,2"), 300)
+    return tmp / "w", np.load(tmp / "one_e1.npz"), np.load(tmp / "one_e2.npz")
+
+
+def test_four_devices_equal_one_and_restore_on_one(one_device_run, fashion_mnist_dir,
+                                                   tmp_path, report):
+    workdir1, one, one_e2 = one_device_run
+    workdir4 = tmp_path / "w4"
+    finish(worker(tmp_path / "four", settings(workdir4, fashion_mnist_dir), devices=4), 300)
+    four = np.load(tmp_path / "four_e1.npz")
+    assert int(four["devices"]) == 4 and int(four["step"]) == 5
+    name, err = worst_error(four, one)
+    report(f"4 devices vs 1, 5 data-parallel steps, float64: worst parameter ({name})", err,
+           1e-5)
+    assert err <= 1e-5
+    for key in ("train_acc", "test_acc"):
+        assert float(four[key]) == float(one[key])
+    assert rel_err(four["train_loss"], one["train_loss"]) < 1e-6  # float32 sums
+    points1, points4 = ([json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
+                        for w in (workdir1, workdir4))
+    assert len(points4) == 5
+    assert [p["train_acc"] for p in points4] == [p["train_acc"] for p in points1[:5]]
+    np.testing.assert_allclose([p["train_loss"] for p in points4],
+                               [p["train_loss"] for p in points1[:5]], rtol=1e-6)
+    assert len(json.loads((workdir4 / "config.json").read_text())["devices"]) == 4
+
+    # The 4-device checkpoint restores on 1 device and training goes on like the run that
+    # never left 1 device.
+    output = finish(worker(tmp_path / "resumed", settings(workdir4, fashion_mnist_dir), "2"),
+                    300)
+    assert "resuming from the checkpoint at step 5 (epoch 2, batch 0)" in output
+    resumed = np.load(tmp_path / "resumed_e2.npz")
+    assert int(resumed["devices"]) == 1 and int(resumed["step"]) == 10
+    name, err = worst_error(resumed, one_e2)
+    report(f"4-device checkpoint resumed on 1, 10 steps: worst parameter ({name})", err, 1e-5)
+    assert err <= 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("pipeline", ["device", "host"])
+def test_two_processes_equal_one(pipeline, fashion_mnist_dir, tmp_path, report):
+    """2 processes on loopback (jax.distributed, gloo collectives): 3 steps, same params.
+
+    The reference is the one-process device-pipeline run (both pipelines give the same pixels).
+    """
+    config = settings(tmp_path / "one", fashion_mnist_dir, limit_train=12, batch_size=4,
+                      limit_test=4)
+    finish(worker(tmp_path / "one", config), 120)
+    one = np.load(tmp_path / "one_e1.npz")
+
+    coordinator = f"localhost:{free_port()}"
+    config.update(workdir=str(tmp_path / "two"), pipeline=pipeline)
+    started = time.monotonic()
+    procs = [worker(tmp_path / f"p{i}", config, distributed=(coordinator, 2, i))
+             for i in range(2)]
+    try:
+        outputs = [finish(p, max(started + 120 - time.monotonic(), 1)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    report(f"2 processes on loopback ({pipeline} pipeline): seconds to finish",
+           time.monotonic() - started, 120)
+    saved = [np.load(tmp_path / f"p{i}_e1.npz") for i in range(2)]
+    assert [int(s["processes"]) for s in saved] == [2, 2]
+    assert [int(s["step"]) for s in saved] == [3, 3]
+    for key in one.files:
+        if key.startswith("["):
+            np.testing.assert_array_equal(saved[0][key], saved[1][key])
+    name, err = worst_error(saved[0], one)
+    report(f"2 processes vs 1, 3 steps, float64 ({pipeline} pipeline): worst parameter "
+           f"({name})", err, 1e-5)
+    assert err <= 1e-5
+    assert float(saved[0]["train_acc"]) == float(one["train_acc"])
+    assert "examples/sec on 2 x cpu" in outputs[0] and "examples/sec" not in outputs[1]
+    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 3
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()
+                  if p.name.isdigit()) == ["3"]
+
+
+def test_cli_multi_host_flags_must_come_together(tmp_path, capsys):
+    code = main(["train", "--workdir", str(tmp_path / "w"), "--coordinator", "localhost:1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "missing --num-processes, --process-id" in err
