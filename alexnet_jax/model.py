@@ -132,5 +132,7 @@ class AlexNet(nn.Module):
 
 def init_params(model: AlexNet, key, image_size: int = 224):
     """Parameters for `model`, initialised as d2l's run initialises its net."""
-    x = jnp.zeros((1, image_size, image_size, IN_CHANNELS), model.param_dtype)
-    return model.init({"params": key}, x, train=False)["params"]
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, IN_CHANNELS), model.param_dtype)
+    # lazy_init runs only the initialisers, not the forward pass; jit makes them one program
+    # (one compile, which a persistent compilation cache can keep), not hundreds of ops.
+    return jax.jit(lambda k: model.lazy_init({"params": k}, x, train=False)["params"])(key)

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# One XLA compilation cache for this session and the training subprocesses it starts, so the
+# same program (init, train step) is compiled once, not once per process.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="alexnet-xla-")
+else:
+    _CACHE = None
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # On a GPU, compare at full float32 precision on both sides (no TF32, no bf16 passes).
 jax.config.update("jax_default_matmul_precision", "highest")
 
 MEASURED: list[str] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -158,19 +158,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def small_settings(workdir, data, **kw) -> dict:
+    """3 steps of 4 images."""
+    return settings(workdir, data, limit_train=12, batch_size=4, limit_test=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(fashion_mnist_dir, tmp_path_factory):
+    """The reference for 2 processes: one process, device pipeline, 3 steps."""
+    tmp = tmp_path_factory.mktemp("one_process")
+    finish(worker(tmp / "one", small_settings(tmp / "w", fashion_mnist_dir)), 120)
+    return np.load(tmp / "one_e1.npz")
+
+
 @pytest.mark.parametrize("pipeline", ["device", "host"])
-def test_two_processes_equal_one(pipeline, fashion_mnist_dir, tmp_path, report):
+def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, tmp_path,
+                                 report):
     """2 processes on loopback (jax.distributed, gloo collectives): 3 steps, same params.
 
-    The reference is the one-process device-pipeline run (both pipelines give the same pixels).
+    Both pipelines are compared with the one-process device pipeline (they give the same pixels).
     """
-    config = settings(tmp_path / "one", fashion_mnist_dir, limit_train=12, batch_size=4,
-                      limit_test=4)
-    finish(worker(tmp_path / "one", config), 120)
-    one = np.load(tmp_path / "one_e1.npz")
-
+    one = one_process_run
+    config = small_settings(tmp_path / "two", fashion_mnist_dir, pipeline=pipeline)
     coordinator = f"localhost:{free_port()}"
-    config.update(workdir=str(tmp_path / "two"), pipeline=pipeline)
     started = time.monotonic()
     procs = [worker(tmp_path / f"p{i}", config, distributed=(coordinator, 2, i))
              for i in range(2)]
