@@ -61,7 +61,16 @@ def save(mngr: ocp.CheckpointManager, step: int, tree: dict[str, Any]) -> None:
         tmp = digest.with_suffix(".tmp")
         tmp.write_text(tree_digest(tree) + "\n")
         os.replace(tmp, digest)
+        _prune_digests(mngr, step)
     mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+
+
+def _prune_digests(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Drop the digests of checkpoints orbax has already deleted (max_to_keep)."""
+    kept = set(mngr.all_steps()) | {step}
+    for path in _digest_path(mngr, step).parent.glob("*.sha256"):
+        if path.stem.isdigit() and int(path.stem) < min(kept):
+            path.unlink(missing_ok=True)
 
 
 def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):

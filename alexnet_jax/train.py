@@ -135,6 +135,14 @@ def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> N
     _write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
+def kept_provenance(workdir: Path) -> dict:
+    """What config.json says about where the first checkpoint came from (convert)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return {}
+    return {k: v for k, v in json.loads(path.read_text()).items() if k == "converted_from"}
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -250,7 +258,7 @@ def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict
         epoch_metrics, totals = restored["epoch_metrics"], restored["totals"]
         out(f"resuming from the checkpoint at step {step} "
             f"(epoch {step // steps_per_epoch + 1}, batch {step % steps_per_epoch})")
-    write_config(workdir, config)
+    write_config(workdir, config, extra=kept_provenance(workdir))
     log = MetricsLog(workdir / "metrics.jsonl", resume_step=int(state.step))
     start_step = int(state.step)
     if start_step >= total_steps:
