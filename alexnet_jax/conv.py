@@ -23,8 +23,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
     """Drop-in for `lax.conv_general_dilated` (flax's `nn.Conv(conv_general_dilated=...)`)."""
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     plain = (
-        tuple(dimension_numbers or ()) == NHWC
+        dimension_numbers is not None
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
         and all(s == 1 for s in window_strides)
         and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
         and feature_group_count == 1
