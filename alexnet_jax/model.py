@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .conv import conv_general_dilated
+from .pool import max_pool
 
 # (name, out channels, kernel, stride, padding, followed by a 3/2 max-pool)
 CONV_LAYERS = (
@@ -110,7 +111,7 @@ class AlexNet(nn.Module):
             )(x)
             x = nn.relu(x)
             if pool:
-                x = nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), (POOL_STRIDE, POOL_STRIDE))
+                x = max_pool(x, POOL_WINDOW, POOL_STRIDE)  # faster gradient on CPU
             in_c = features
         x = x.reshape((x.shape[0], -1))  # H, W, C order; torch_compat permutes fc1 for torch
         in_f = x.shape[-1]

@@ -1,0 +1,77 @@
+"""alexnet_jax.conv and .pool: the CPU gradients compute what XLA's (and PyTorch's) do."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import rel_err
+from jax import lax
+
+from alexnet_jax.conv import NHWC, conv_general_dilated
+from alexnet_jax.pool import max_pool
+
+# (input HxW, C_in, C_out, kernel, stride, pad): AlexNet's convs (conv1 takes XLA's path)
+LAYERS = {"conv1": (224, 1, 96, 11, 4, 1), "conv2": (26, 96, 256, 5, 1, 2),
+          "conv3": (12, 256, 384, 3, 1, 1), "conv5": (12, 384, 256, 3, 1, 1)}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_conv_value_and_grads_equal_xla(name, report):
+    size, c_in, c_out, k, stride, pad = LAYERS[name]
+    kx, kw, kg = jax.random.split(jax.random.key(sorted(LAYERS).index(name)), 3)
+    with jax.enable_x64(True):
+        x = jax.random.normal(kx, (2, size, size, c_in), jnp.float64)
+        w = jax.random.normal(kw, (k, k, c_in, c_out), jnp.float64)
+
+        def loss(conv, x, w):
+            y = conv(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                     dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
+            return jnp.sum(y * jax.random.normal(kg, y.shape, y.dtype)), y
+
+        (_, y_ours), (dx_ours, dw_ours) = jax.value_and_grad(
+            lambda x, w: loss(conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+        (_, y_xla), (dx_xla, dw_xla) = jax.value_and_grad(
+            lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+    assert rel_err(y_ours, y_xla) == 0.0  # the forward pass is XLA's own
+    assert rel_err(dx_ours, dx_xla) == 0.0  # so is the input gradient
+    err = rel_err(dw_ours, dw_xla)
+    report(f"conv kernel gradient float64, {name}: ours vs XLA's", err, 1e-12)
+    assert err < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(2, 54, 54, 96), (2, 26, 26, 256), (2, 12, 12, 256)])
+def test_max_pool_grad_equals_xla_and_torch(shape, report):
+    """Random inputs (no ties): equal to XLA's gradient. Coarsely rounded inputs (many ties
+    in each window): equal to PyTorch's max_pool2d, which sends the gradient to the first
+    maximum of a window."""
+    import torch
+
+    kx, kg = jax.random.split(jax.random.key(shape[1]))
+    with jax.enable_x64(True):
+        x = jax.random.normal(kx, shape, jnp.float64)
+        out_hw = (shape[1] - 3) // 2 + 1
+        g = jax.random.normal(kg, (shape[0], out_hw, out_hw, shape[3]), jnp.float64)
+
+        def grad(pool, x):
+            y, vjp = jax.vjp(pool, x)
+            return y, vjp(g)[0]
+
+        y_ours, dx_ours = grad(lambda x: max_pool(x, 3, 2), x)
+        y_xla, dx_xla = grad(lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1),
+                                                         (1, 2, 2, 1), "VALID"), x)
+        assert rel_err(y_ours, y_xla) == 0.0
+        err = rel_err(dx_ours, dx_xla)
+        report(f"max-pool gradient float64 {shape[1:]}: ours vs XLA's", err, 1e-15)
+        assert err < 1e-15
+
+        tied = jnp.round(x)  # values in {-3, ..., 3}: most windows hold their maximum twice
+        _, dx_tied = grad(lambda x: max_pool(x, 3, 2), tied)
+    xt = torch.from_numpy(np.asarray(tied)).permute(0, 3, 1, 2).requires_grad_()
+    torch.nn.functional.max_pool2d(xt, 3, 2).backward(
+        torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2))
+    theirs = xt.grad.permute(0, 2, 3, 1).numpy()
+    err = rel_err(dx_tied, theirs)
+    report(f"max-pool gradient with ties {shape[1:]}: ours vs PyTorch", err, 1e-15)
+    assert err < 1e-15
