@@ -1,10 +1,11 @@
 """`alexnet-jax benchmark`: training-step throughput of JAX variants and d2l's PyTorch step.
 
-Every row: inputs already on the device, rotated among 4 batches, dropout on, warm-up steps
+Step rows: inputs already on the device, rotated among 4 batches, dropout on, warm-up steps
 first, each timed step ended by block_until_ready (JAX) or a device synchronize (PyTorch),
 then the median, p10 and p90 step time. Both frameworks run in the same process on the same
 device. FLOPs per image come from XLA's cost analysis of the compiled step, beside the
 analytic count; MFU is achieved FLOP/s over the device's peak for the compute dtype.
+Epoch rows (`--epoch-images`): d2l's epoch end to end, input pipeline included.
 """
 
 from __future__ import annotations
@@ -131,6 +132,40 @@ def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
             "xla_flops_per_image": None, "peak_memory_bytes": peak, **summarize(times, batch)}
 
 
+def bench_epoch(pipeline: str, batch: int, split) -> dict:
+    """d2l's epoch end to end: the input pipeline and the train steps, as `train` runs them.
+
+    images/s is over the whole epoch's wall time (data included); step_images_per_sec is
+    d2l's examples/sec (the steps alone), from the same epoch.
+    """
+    from .input_pipeline import batch_spec, make_pipeline
+    from .parallel import make_mesh, put_replicated
+    from .steps import jit_steps
+
+    mesh = make_mesh()
+    pipe = make_pipeline(pipeline, split, batch, True, 0, mesh)
+    state = put_replicated(create_train_state(AlexNet(), 0, 0.01), mesh)
+    metrics = put_replicated(empty_metrics(), mesh)
+    train = jit_steps(mesh).train
+    t0 = time.perf_counter()
+    for size in {batch, len(split) % batch} - {0}:
+        train.lower(state, *batch_spec(pipeline, size), metrics).compile()
+    compile_s = time.perf_counter() - t0
+    step_times = []
+    t_epoch = time.perf_counter()
+    for b in pipe.epoch(0):
+        t0 = time.perf_counter()
+        state, metrics = train(state, b.images, b.labels, metrics)
+        jax.block_until_ready(metrics)
+        step_times.append(time.perf_counter() - t0)
+    epoch_s = time.perf_counter() - t_epoch
+    return {"framework": "jax", "variant": f"epoch-{pipeline}", "batch": batch,
+            "compile_s": compile_s, "xla_flops_per_image": None, "peak_memory_bytes": None,
+            "epoch_images": len(split), "epoch_s": epoch_s,
+            "step_images_per_sec": len(split) / sum(step_times),
+            **summarize(step_times, batch), "images_per_sec": len(split) / epoch_s}
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for name in ("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"):
@@ -139,8 +174,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True) -> dict:
+def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
+                  epoch_split=None) -> dict:
     names = list(JAX_VARIANTS) + (["torch-eager", "torch-compile"] if with_torch else [])
+    if epoch_split is not None:
+        names += ["epoch-device", "epoch-host"]
     if variants:
         unknown = sorted(set(variants) - set(names))
         if unknown:
@@ -154,6 +192,8 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True) ->
             try:
                 if name.startswith("jax"):
                     row = bench_jax(name, batch, steps, warmup)
+                elif name.startswith("epoch"):
+                    row = bench_epoch(name.removeprefix("epoch-"), batch, epoch_split)
                 else:
                     row = bench_torch(name, batch, steps, warmup)
             except ImportError as err:
@@ -173,7 +213,7 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True) ->
         eager = next((r for r in rows if r["variant"] == "torch-eager" and r["batch"] == batch
                       and "error" not in r), None)
         for r in rows:
-            if r["batch"] == batch and "error" not in r:
+            if r["batch"] == batch and "error" not in r and "epoch_s" not in r:
                 r["vs_torch_eager"] = r["images_per_sec"] / eager["images_per_sec"] \
                     if eager else None
     return {"device_kind": device_kind, "platform": jax.devices()[0].platform,
@@ -206,12 +246,23 @@ def markdown(result: dict) -> str:
             f"{_fmt(mem and mem / 2**30, '.2f')} |")
     lines.append(f"analytic training FLOPs per image: {3 * forward_flops() / 1e9:.2f} GFLOP "
                  "(3 x forward)")
+    for r in result["rows"]:
+        if "epoch_s" in r:
+            lines.append(f"{r['variant']}, batch {r['batch']}: {r['epoch_images']} images in "
+                         f"{r['epoch_s']:.1f} s end to end ({r['images_per_sec']:.1f} images/s); "
+                         f"steps alone {r['step_images_per_sec']:.1f} images/s (d2l's figure)")
     return "\n".join(lines)
 
 
 def main(args) -> int:
+    epoch_split = None
+    if args.epoch_images is not None:
+        from .fashion_mnist import load_split
+
+        epoch_split = load_split("train", args.source, args.data_dir,
+                                 args.manual_dir).head(args.epoch_images or None)
     result = run_benchmark(args.batch_size, args.steps, args.warmup, args.variants,
-                           with_torch=not args.no_torch)
+                           with_torch=not args.no_torch, epoch_split=epoch_split)
     print(markdown(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

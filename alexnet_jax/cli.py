@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     b.add_argument("--variants", nargs="+", help="only these rows (see the table's names)")
     b.add_argument("--json", default="benchmark.json", help="where to write every figure")
+    b.add_argument("--epoch-images", type=int, metavar="N",
+                   help="also time d2l's epoch end to end (pipeline and steps) on the first N "
+                   "train images with each pipeline (0: all 60,000)")
+    _add_data_args(b)
     return parser
 
 

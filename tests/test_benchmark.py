@@ -25,3 +25,22 @@ def test_benchmark_one_step(tmp_path, capsys):
     assert 0.8 < jax_row["xla_flops_per_image"] / jax_row["analytic_flops_per_image"] < 1.2
     assert rows["torch-eager"]["vs_torch_eager"] == 1.0
     assert result["device_kind"] and result["versions"]["jax"]
+
+
+def test_benchmark_epoch_rows(fashion_mnist_dir, tmp_path, capsys):
+    """d2l's epoch end to end with each pipeline: 6 images, batch 4 (a full and a partial)."""
+    out_json = tmp_path / "bench.json"
+    assert main(["benchmark", "--batch-size", "4", "--no-torch", "--variants", "epoch-device",
+                 "epoch-host", "--epoch-images", "6", "--manual-dir", str(fashion_mnist_dir),
+                 "--json", str(out_json)]) == 0
+    table = capsys.readouterr().out
+    assert "epoch-device, batch 4: 6 images in" in table and "epoch-host, batch 4" in table
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["epoch-device", "epoch-host"]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["epoch_images"] == 6
+        for key in ("epoch_s", "images_per_sec", "step_images_per_sec", "compile_s"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+        # the steps are part of the epoch, so the steps alone run at least as fast
+        assert row["step_images_per_sec"] >= row["images_per_sec"]
