@@ -59,13 +59,12 @@ def _conv_bwd(padding, precision, residuals, g):
     x, w = residuals
     _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, padding, precision), x, w)
     (dx, _) = vjp(g)  # XLA drops the unused kernel gradient
-    dw = lax.platform_dependent(
-        x, g,
-        cpu=functools.partial(kernel_grad_matmuls, kernel=w.shape, padding=padding,
-                              precision=precision),
-        default=lambda x, g: vjp(g)[1],
-    )
-    return dx, dw.astype(w.dtype)
+    def matmuls(x, g):
+        return kernel_grad_matmuls(x, g, kernel=w.shape, padding=padding,
+                                   precision=precision).astype(w.dtype)
+
+    dw = lax.platform_dependent(x, g, cpu=matmuls, default=lambda x, g: vjp(g)[1])
+    return dx, dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -41,9 +41,10 @@ def _max_pool_bwd(window, stride, residuals, g):
     def xla_grad(x, g):
         return jax.vjp(lambda x: _xla_max_pool(x, window, stride), x)[1](g)[0]
 
-    dx = lax.platform_dependent(
-        x, g, cpu=functools.partial(first_max_grad, y=y, window=window, stride=stride),
-        default=xla_grad)
+    def masked_adds(x, g):
+        return first_max_grad(x, g, y=y, window=window, stride=stride).astype(x.dtype)
+
+    dx = lax.platform_dependent(x, g, cpu=masked_adds, default=xla_grad)
     return (dx,)
 
 

@@ -9,12 +9,13 @@ from alexnet_jax.cli import main
 def test_benchmark_one_step(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["benchmark", "--batch-size", "2", "--steps", "1", "--warmup", "1",
-                 "--variants", "jax-f32-default", "torch-eager", "--json", str(out_json)]) == 0
+                 "--variants", "jax-f32-default", "jax-bf16", "torch-eager", "--json",
+                 str(out_json)]) == 0
     table = capsys.readouterr().out
     assert "| jax-f32-default | 2 |" in table and "| torch-eager | 2 |" in table
     result = json.loads(out_json.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert set(rows) == {"jax-f32-default", "torch-eager"}
+    assert set(rows) == {"jax-f32-default", "jax-bf16", "torch-eager"}
     for row in rows.values():
         assert "error" not in row, row
         for key in ("images_per_sec", "step_ms_median", "tflops_per_sec", "vs_torch_eager"):

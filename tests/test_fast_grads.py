@@ -75,3 +75,25 @@ def test_max_pool_grad_equals_xla_and_torch(shape, report):
     err = rel_err(dx_tied, theirs)
     report(f"max-pool gradient with ties {shape[1:]}: ours vs PyTorch", err, 1e-15)
     assert err < 1e-15
+
+
+def test_bfloat16_grads_run_and_match_xla():
+    """Mixed precision (--dtype bfloat16): both CPU gradients keep the operands' dtype."""
+    kx, kw = jax.random.split(jax.random.key(7))
+    x = jax.random.normal(kx, (2, 26, 26, 96), jnp.bfloat16)
+    w = (0.05 * jax.random.normal(kw, (5, 5, 96, 256))).astype(jnp.bfloat16)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+
+    def loss(conv, pool, x, w):
+        y = pool(conv(x, w, (1, 1), ((2, 2), (2, 2)), dimension_numbers=dn))
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+    xla_pool = lambda y: lax.reduce_window(y, -jnp.inf, lax.max, (1, 3, 3, 1),  # noqa: E731
+                                           (1, 2, 2, 1), "VALID")
+    ours = jax.jit(jax.grad(lambda x, w: loss(conv_general_dilated,
+                                              lambda y: max_pool(y, 3, 2), x, w), (0, 1)))(x, w)
+    xla = jax.jit(jax.grad(lambda x, w: loss(lax.conv_general_dilated, xla_pool, x, w),
+                           (0, 1)))(x, w)
+    for a, b in zip(ours, xla):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        assert rel_err(a, b) < 2e-2  # bfloat16 has 8 bits of mantissa
