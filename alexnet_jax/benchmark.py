@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .model import AlexNet
-from .steps import create_train_state, empty_metrics, train_step
+from .parallel import batch_sharding, make_mesh, put_replicated
+from .steps import create_train_state, empty_metrics, jit_steps
 from .summary import forward_flops
 
 # Dense peak TFLOP/s per chip, by device_kind substring: (float32 without tensor cores or
@@ -59,13 +60,14 @@ def summarize(times: list[float], batch: int) -> dict:
 
 def bench_jax(variant: str, batch: int, steps: int, warmup: int) -> dict:
     dtype, precision = JAX_VARIANTS[variant]
+    mesh = make_mesh()
     with jax.default_matmul_precision(precision):
-        state = create_train_state(AlexNet(dtype=dtype), 0, 0.01)
+        state = put_replicated(create_train_state(AlexNet(dtype=dtype), 0, 0.01), mesh)
         rng = np.random.default_rng(0)
-        batches = [(jax.device_put(rng.random((batch, 224, 224, 1), np.float32)),
-                    jax.device_put(rng.integers(0, 10, batch).astype(np.int32)))
-                   for _ in range(4)]
-        step = jax.jit(train_step, donate_argnums=(0, 3))
+        batches = [jax.device_put((rng.random((batch, 224, 224, 1), np.float32),
+                                   rng.integers(0, 10, batch).astype(np.int32)),
+                                  batch_sharding(mesh)) for _ in range(4)]
+        step = jit_steps(mesh).train  # the step `train` runs
         t0 = time.perf_counter()
         compiled = step.lower(state, *batches[0], empty_metrics()).compile()
         compile_s = time.perf_counter() - t0
@@ -138,19 +140,16 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
     images/s is over the whole epoch's wall time (data included); step_images_per_sec is
     d2l's examples/sec (the steps alone), from the same epoch.
     """
-    from .input_pipeline import batch_spec, make_pipeline
-    from .parallel import make_mesh, put_replicated
-    from .steps import jit_steps
+    from .input_pipeline import make_pipeline
+    from .train import compile_steps
 
     mesh = make_mesh()
     pipe = make_pipeline(pipeline, split, batch, True, 0, mesh)
     state = put_replicated(create_train_state(AlexNet(), 0, 0.01), mesh)
     metrics = put_replicated(empty_metrics(), mesh)
-    train = jit_steps(mesh).train
-    t0 = time.perf_counter()
-    for size in {batch, len(split) % batch} - {0}:
-        train.lower(state, *batch_spec(pipeline, size), metrics).compile()
-    compile_s = time.perf_counter() - t0
+    steps = jit_steps(mesh)
+    compile_s = compile_steps(steps, state, metrics, pipe)
+    train = steps.train
     step_times = []
     t_epoch = time.perf_counter()
     for b in pipe.epoch(0):

@@ -88,6 +88,11 @@ class _Pipeline:
     def __len__(self) -> int:
         return num_batches(len(self.split), self.batch_size)
 
+    def batch_sizes(self) -> set[int]:
+        """The batch shapes an epoch delivers: full, and the padded last partial one."""
+        last = padded_size(len(self.split) % self.batch_size, self.mesh.size)
+        return {self.batch_size, last} - {0}
+
     def batch_indices(self, epoch: int, start_batch: int) -> list[np.ndarray]:
         """Global example indices of each batch from `start_batch` on (-1: padding)."""
         order = epoch_order(len(self.split), self.seed, epoch, self.shuffle).astype(np.int32)
@@ -98,6 +103,8 @@ class _Pipeline:
 class HostPipeline(_Pipeline):
     """tf.data: gather, resize (exact Pillow, parallel), prefetch; each process loads only
     the rows of every global batch that its own devices hold."""
+
+    kind = "host"
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
                  mesh: Mesh | None = None):
@@ -146,6 +153,8 @@ def _gather(images, labels, indices):
 class DevicePipeline(_Pipeline):
     """The uint8 split lives on the devices, sharded over them (one copy in all, not one per
     device); each batch is a device-side gather of its indices, delivered sharded."""
+
+    kind = "device"
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
                  mesh: Mesh | None = None):

@@ -51,8 +51,11 @@ def create_train_state(model: AlexNet, seed: int, lr: float, params=None) -> Tra
 
 
 def cross_entropy(logits, labels):
-    """Per-example cross-entropy (d2l's nn.CrossEntropyLoss, before its mean)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    """Per-example cross-entropy (d2l's nn.CrossEntropyLoss, before its mean); 0 for padding
+    examples (label -1), so sums over a padded batch are sums over its real examples."""
+    real = labels >= 0
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    return jnp.where(real, losses, 0.0)
 
 
 def empty_metrics() -> dict[str, jax.Array]:
@@ -64,7 +67,7 @@ def _batch_metrics(losses, logits, labels) -> dict[str, jax.Array]:
     """Sums over the real examples of a batch (padding examples have label -1)."""
     real = labels >= 0
     return {
-        "loss_sum": jnp.sum(jnp.where(real, losses.astype(jnp.float32), 0.0)),
+        "loss_sum": jnp.sum(losses.astype(jnp.float32)),
         "correct": jnp.sum(real & (jnp.argmax(logits, -1) == labels)).astype(jnp.int32),
         "count": jnp.sum(real).astype(jnp.int32),
     }
@@ -72,8 +75,7 @@ def _batch_metrics(losses, logits, labels) -> dict[str, jax.Array]:
 
 def mean_loss(losses, labels):
     """d2l's mean cross-entropy over the real examples (a padded batch has fewer)."""
-    real = labels >= 0
-    return jnp.sum(jnp.where(real, losses, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(labels >= 0), 1)
 
 
 def train_step(state: TrainState, images, labels, metrics):
@@ -84,7 +86,7 @@ def train_step(state: TrainState, images, labels, metrics):
     def loss_fn(params):
         logits = state.apply_fn({"params": params}, x, train=True,
                                 rngs={"dropout": dropout_key})
-        losses = cross_entropy(logits, jnp.maximum(labels, 0))
+        losses = cross_entropy(logits, labels)
         return mean_loss(losses, labels), (losses, logits)
 
     grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -98,7 +100,7 @@ def train_step(state: TrainState, images, labels, metrics):
 def eval_step(state: TrainState, images, labels, metrics):
     """Test loss and accuracy sums of one batch (dropout off)."""
     logits = state.apply_fn({"params": state.params}, model_input(images), train=False)
-    batch = _batch_metrics(cross_entropy(logits, jnp.maximum(labels, 0)), logits, labels)
+    batch = _batch_metrics(cross_entropy(logits, labels), logits, labels)
     return jax.tree.map(jnp.add, metrics, batch)
 
 

@@ -28,7 +28,7 @@ from . import checkpoints
 from .fashion_mnist import load_split
 from .input_pipeline import batch_spec, make_pipeline
 from .model import AlexNet
-from .parallel import check_batch_size, is_primary, make_mesh, padded_size, put_replicated
+from .parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from .plots import plot_curves
 from .steps import Steps, TrainState, create_train_state, empty_metrics, jit_steps
 
@@ -101,12 +101,19 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError("--dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
 
 
-def prepare_workdir(config: TrainConfig) -> Path:
-    """Create the work dir, or check that its config.json describes this same run."""
+def prepare_workdir(config: TrainConfig) -> tuple[Path, dict]:
+    """Create the work dir, or check that its config.json describes this same run.
+
+    Returns the work dir and what its config.json records besides the settings that a new
+    config.json must keep (where a converted checkpoint came from).
+    """
     workdir = Path(config.workdir)
     config_path = workdir / "config.json"
+    kept = {}
     if config_path.exists():
-        saved = json.loads(config_path.read_text())["settings"]
+        record = json.loads(config_path.read_text())
+        saved = record["settings"]
+        kept = {k: v for k, v in record.items() if k == "converted_from"}
         conflicts = [f"{k}={saved[k]!r} in {config_path}, {getattr(config, k)!r} now"
                      for k in RUN_DEFINING if k in saved and saved[k] != getattr(config, k)]
         if conflicts:
@@ -115,7 +122,7 @@ def prepare_workdir(config: TrainConfig) -> Path:
                 + ". Use another --workdir, or the saved settings to continue that run."
             )
     workdir.mkdir(parents=True, exist_ok=True)
-    return workdir
+    return workdir, kept
 
 
 def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> None:
@@ -133,14 +140,6 @@ def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> N
         "python": sys.version.split()[0],
     }
     _write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
-
-
-def kept_provenance(workdir: Path) -> dict:
-    """What config.json says about where the first checkpoint came from (convert)."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return {}
-    return {k: v for k, v in json.loads(path.read_text()).items() if k == "converted_from"}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -231,7 +230,7 @@ def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict
         raise RunError(str(err)) from None
     if not is_primary():
         out = _quiet
-    workdir = prepare_workdir(config)
+    workdir, provenance = prepare_workdir(config)
     train_split = load_split("train", config.source, config.data_dir,
                              config.manual_dir).head(config.limit_train)
     test_split = load_split("test", config.source, config.data_dir,
@@ -258,7 +257,7 @@ def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict
         epoch_metrics, totals = restored["epoch_metrics"], restored["totals"]
         out(f"resuming from the checkpoint at step {step} "
             f"(epoch {step // steps_per_epoch + 1}, batch {step % steps_per_epoch})")
-    write_config(workdir, config, extra=kept_provenance(workdir))
+    write_config(workdir, config, extra=provenance)
     log = MetricsLog(workdir / "metrics.jsonl", resume_step=int(state.step))
     start_step = int(state.step)
     if start_step >= total_steps:
@@ -267,9 +266,7 @@ def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict
         return state, report(log, totals, out)
 
     wall_start = time.perf_counter() - float(totals["wall_seconds"])
-    last_batch = padded_size(len(train_split) % config.batch_size, mesh.size)
-    compile_seconds = compile_steps(steps, state, epoch_metrics, config.pipeline,
-                                    {config.batch_size, last_batch})
+    compile_seconds = compile_steps(steps, state, epoch_metrics, train_pipe)
     out(f"compiled the train step in {compile_seconds:.1f} s (not counted in examples/sec)")
     log_every = max(steps_per_epoch // 5, 1)  # d2l's animator: 5 points per epoch
     tty = sys.stderr.isatty() and is_primary()
@@ -347,11 +344,12 @@ def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict
     return state, report(log, totals, out)
 
 
-def compile_steps(steps: Steps, state, metrics, pipeline: str, batch_sizes) -> float:
-    """Compile the train step for each batch size ahead of time, so no timed step compiles."""
+def compile_steps(steps: Steps, state, metrics, pipeline) -> float:
+    """Compile the train step for each batch shape of `pipeline` ahead of time, so no timed
+    step compiles."""
     t0 = time.perf_counter()
-    for size in sorted(b for b in batch_sizes if b):
-        images, labels = batch_spec(pipeline, size)
+    for size in sorted(pipeline.batch_sizes()):
+        images, labels = batch_spec(pipeline.kind, size)
         steps.train.lower(state, images, labels, metrics).compile()
     return time.perf_counter() - t0
 

@@ -74,6 +74,22 @@ def test_batch_size_the_devices_cannot_share_is_refused():
     assert len(pad_indices(np.arange(8), 4)) == 8
 
 
+def test_pipeline_batch_shapes_include_the_padded_last_batch():
+    """What `train` compiles ahead of time: every batch shape an epoch delivers."""
+    from alexnet_jax.fashion_mnist import Split
+    from alexnet_jax.input_pipeline import DevicePipeline
+
+    def sizes(n, batch):
+        split = Split(np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.int32))
+        pipe = DevicePipeline(split, batch, True, 0, make_mesh())
+        delivered = {int(b.labels.shape[0]) for b in pipe.epoch(0)}
+        assert delivered == pipe.batch_sizes()
+        return delivered
+
+    assert sizes(22, 8) == {8, 6}
+    assert sizes(24, 8) == {8}
+
+
 def test_cli_refuses_indivisible_batch_on_four_devices(fashion_mnist_dir, tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     proc = subprocess.run([sys.executable, "-m", "alexnet_jax.cli", "train", "--workdir",
