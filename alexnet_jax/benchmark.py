@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .fast_malloc import loaded_allocator
 from .model import AlexNet
 from .parallel import batch_sharding, make_mesh, put_replicated
 from .steps import create_train_state, empty_metrics, jit_steps
@@ -216,8 +217,8 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
                 r["vs_torch_eager"] = r["images_per_sec"] / eager["images_per_sec"] \
                     if eager else None
     return {"device_kind": device_kind, "platform": jax.devices()[0].platform,
-            "host": platform.node(), "versions": _versions(), "steps": steps,
-            "warmup": warmup, "rows": rows}
+            "host": platform.node(), "versions": _versions(), "malloc": loaded_allocator(),
+            "steps": steps, "warmup": warmup, "rows": rows}
 
 
 def _fmt(value, spec):
@@ -226,7 +227,8 @@ def _fmt(value, spec):
 
 def markdown(result: dict) -> str:
     lines = [f"device: {result['device_kind']} ({result['platform']}); steps {result['steps']} "
-             f"after {result['warmup']} warm-up; versions {result['versions']}", "",
+             f"after {result['warmup']} warm-up; malloc {result['malloc']}; "
+             f"versions {result['versions']}", "",
              "| variant | batch | images/s | vs torch eager | step ms median (p10-p90) | "
              "compile s | GFLOP/img (XLA) | TFLOP/s | MFU | peak mem GiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -161,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
+def entry() -> int:
+    """The `alexnet-jax` command: `main` under tcmalloc where installed (fast_malloc.py)."""
+    from .fast_malloc import preload_tcmalloc
+
+    preload_tcmalloc()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
 
