@@ -1,4 +1,4 @@
-"""Time each stride-1 conv's kernel gradient: XLA's own vs one matmul per kernel tap.
+"""Time each conv's kernel gradient: XLA's own vs alexnet_jax.conv's matmuls.
 
 Medians of --repeats timed calls after a warm-up, each ended by block_until_ready. This is
 the evidence for alexnet_jax/conv.py (see benchmarks/NOTES.md).
@@ -19,11 +19,10 @@ from alexnet_jax.model import CONV_LAYERS, conv_out
 
 
 def layer_shapes(image_size: int = 224):
-    """(name, input HxW, C_in, C_out, kernel, pad) of the stride-1 convs."""
+    """(name, input HxW, C_in, C_out, kernel, stride, pad) of each conv."""
     size, c_in, shapes = image_size, 1, []
     for name, c_out, kernel, stride, pad, pool in CONV_LAYERS:
-        if stride == 1:
-            shapes.append((name, size, c_in, c_out, kernel, pad))
+        shapes.append((name, size, c_in, c_out, kernel, stride, pad))
         size = conv_out(size, kernel, stride, pad)
         if pool:
             size = conv_out(size, 3, 2, 0)
@@ -49,21 +48,23 @@ def main() -> None:
     key = jax.random.key(0)
     print("| layer | x shape | XLA kernel grad (s) | matmuls (s) | ratio | rel. diff |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, size, c_in, c_out, k, pad in layer_shapes():
+    for name, size, c_in, c_out, k, stride, pad in layer_shapes():
         kx, kw, kg = jax.random.split(key, 3)
         x = jax.random.normal(kx, (args.batch_size, size, size, c_in))
         w = jax.random.normal(kw, (k, k, c_in, c_out))
-        g = jax.random.normal(kg, (args.batch_size, size, size, c_out))
+        out = conv_out(size, k, stride, pad)
+        g = jax.random.normal(kg, (args.batch_size, out, out, c_out))
         padding = ((pad, pad), (pad, pad))
 
         @jax.jit
-        def xla(x, g, w=w, padding=padding):
+        def xla(x, g, w=w, strides=(stride, stride), padding=padding):
             _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
-                x, w, (1, 1), padding, dimension_numbers=NHWC), w)
+                x, w, strides, padding, dimension_numbers=NHWC), w)
             return vjp(g)[0]
 
-        ours = jax.jit(lambda x, g, w=w, padding=padding: kernel_grad_matmuls(
-            x, g, kernel=w.shape, padding=padding))
+        ours = jax.jit(lambda x, g, w=w, strides=(stride, stride), padding=padding:
+                       kernel_grad_matmuls(x, g, kernel=w.shape, strides=strides,
+                                           padding=padding))
         t_xla = median_seconds(xla, (x, g), args.repeats)
         t_ours = median_seconds(ours, (x, g), args.repeats)
         a, b = ours(x, g), xla(x, g)
