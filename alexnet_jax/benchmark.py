@@ -55,7 +55,8 @@ def peak_flops(device_kind: str, bf16: bool) -> float | None:
 
 def summarize(times: list[float], batch: int) -> dict:
     q = np.percentile(times, [10, 50, 90])
-    return {"step_ms_median": 1e3 * statistics.median(times), "step_ms_p10": 1e3 * q[0],
+    return {"step_ms": [round(1e3 * t, 3) for t in times],
+            "step_ms_median": 1e3 * statistics.median(times), "step_ms_p10": 1e3 * q[0],
             "step_ms_p90": 1e3 * q[2], "images_per_sec": batch / statistics.median(times)}
 
 

@@ -20,6 +20,7 @@ def test_benchmark_one_step(tmp_path, capsys):
         assert "error" not in row, row
         for key in ("images_per_sec", "step_ms_median", "tflops_per_sec", "vs_torch_eager"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+        assert len(row["step_ms"]) == 1 and row["step_ms"][0] > 0  # every timed step
     jax_row = rows["jax-f32-default"]
     assert jax_row["compile_s"] > 0
     # XLA's count of the compiled step is within 20% of the analytic 3 x forward FLOPs.
