@@ -25,7 +25,8 @@ def plot_curves(points: list[dict], path: str | Path, num_epochs: int) -> None:
     ax.plot([p["epoch"] for p in train], [p["train_loss"] for p in train], "-", label="train loss")
     ax.plot([p["epoch"] for p in train], [p["train_acc"] for p in train], "m--",
             label="train acc")
-    ax.plot([p["epoch"] for p in test], [p["test_acc"] for p in test], "g-.", label="test acc")
+    ax.plot([p["epoch"] for p in test], [p["test_acc"] for p in test], "g-.", label="test acc",
+            marker="o" if len(test) == 1 else None)  # one epoch: a line needs two points
     ax.set_xlabel("epoch")
     first = min((p["epoch"] for p in train), default=1.0)
     ax.set_xlim(min(1.0, first), max(num_epochs, 1.0 + 1e-9))  # d2l: [1, num_epochs]
