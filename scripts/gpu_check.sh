@@ -32,12 +32,12 @@ run_dir=$(mktemp -d)  # checkpoints stay on the machine: only the small files co
 } > "$out/env.txt" 2>&1
 
 echo "== d2l's run: $epochs epochs, batch 128"
-start=$(date +%s.%N)
+start=$EPOCHREALTIME
 # shellcheck disable=SC2086
 timeout "${TRAIN_LIMIT:-300}" python -m alexnet_jax.cli train --workdir "$run_dir/d2l" \
   --epochs "$epochs" --batch-size 128 --manual-dir "$data" --source idx --pipeline device \
   $train_args 2>&1 | tee "$out/train.log"
-echo "train exit ${PIPESTATUS[0]}, wall $(echo "$(date +%s.%N) - $start" | bc) s" \
+echo "train exit ${PIPESTATUS[0]}, wall $(python -c "print(round($EPOCHREALTIME - $start, 1))") s" \
   | tee -a "$out/train.log"
 cp "$run_dir"/d2l/{metrics.jsonl,curves.png,config.json} "$out"/ 2>/dev/null
 
