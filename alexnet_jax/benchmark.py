@@ -10,21 +10,18 @@ Epoch rows (`--epoch-images`): d2l's epoch end to end, input pipeline included.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import statistics
 import time
-from importlib import metadata
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .fast_malloc import loaded_allocator
-from .model import AlexNet
 from .parallel import batch_sharding, make_mesh, put_replicated
-from .steps import create_train_state, empty_metrics, jit_steps
+from .run_dir import build_model, package_versions
+from .steps import compile_steps, create_train_state, empty_metrics, jit_steps
 from .summary import forward_flops
 
 # Dense peak TFLOP/s per chip, by device_kind substring: (float32 without tensor cores or
@@ -38,10 +35,10 @@ PEAK_TFLOPS = {
     "TPU v4": (None, 275.0), "TPU v5 lite": (None, 197.0), "TPU v5e": (None, 197.0),
     "TPU v5p": (None, 459.0), "TPU v6": (None, 918.0),
 }
-JAX_VARIANTS = {
-    "jax-f32-default": (None, "default"),
-    "jax-f32-highest": (None, "highest"),
-    "jax-bf16": (jnp.bfloat16, "default"),
+JAX_VARIANTS = {  # name: (--dtype, matmul precision)
+    "jax-f32-default": ("float32", "default"),
+    "jax-f32-highest": ("float32", "highest"),
+    "jax-bf16": ("bfloat16", "default"),
 }
 
 
@@ -64,7 +61,7 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int) -> dict:
     dtype, precision = JAX_VARIANTS[variant]
     mesh = make_mesh()
     with jax.default_matmul_precision(precision):
-        state = put_replicated(create_train_state(AlexNet(dtype=dtype), 0, 0.01), mesh)
+        state = put_replicated(create_train_state(build_model(dtype), 0, 0.01), mesh)
         rng = np.random.default_rng(0)
         batches = [jax.device_put((rng.random((batch, 224, 224, 1), np.float32),
                                    rng.integers(0, 10, batch).astype(np.int32)),
@@ -94,25 +91,13 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int) -> dict:
 def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
     import torch
 
-    from .d2l_reference import d2l_net
+    from .d2l_reference import d2l_net, d2l_train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = d2l_net(seed=0).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    loss_fn = torch.nn.CrossEntropyLoss()
     net.train()  # dropout on, as in d2l's train_ch6
-
-    def d2l_step(x, y):
-        opt.zero_grad()
-        loss = loss_fn(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    step = d2l_step
-    compile_s = 0.0
-    if variant == "torch-compile":
-        step = torch.compile(d2l_step)
+    step = d2l_train_step(net, lr=0.01)
+    step = torch.compile(step) if variant == "torch-compile" else step
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(batch, 1, 224, 224, generator=g).to(device),
                 torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(4)]
@@ -143,11 +128,10 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
     d2l's examples/sec (the steps alone), from the same epoch.
     """
     from .input_pipeline import make_pipeline
-    from .train import compile_steps
 
     mesh = make_mesh()
     pipe = make_pipeline(pipeline, split, batch, True, 0, mesh)
-    state = put_replicated(create_train_state(AlexNet(), 0, 0.01), mesh)
+    state = put_replicated(create_train_state(build_model(), 0, 0.01), mesh)
     metrics = put_replicated(empty_metrics(), mesh)
     steps = jit_steps(mesh)
     compile_s = compile_steps(steps, state, metrics, pipe)
@@ -165,14 +149,6 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
             "epoch_images": len(split), "epoch_s": epoch_s,
             "step_images_per_sec": len(split) / sum(step_times),
             **summarize(step_times, batch), "images_per_sec": len(split) / epoch_s}
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in ("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
 
 
 def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
@@ -217,8 +193,9 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
             if r["batch"] == batch and "error" not in r and "epoch_s" not in r:
                 r["vs_torch_eager"] = r["images_per_sec"] / eager["images_per_sec"] \
                     if eager else None
+    versions = package_versions(("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"))
     return {"device_kind": device_kind, "platform": jax.devices()[0].platform,
-            "host": platform.node(), "versions": _versions(), "malloc": loaded_allocator(),
+            "host": platform.node(), "versions": versions, "malloc": loaded_allocator(),
             "steps": steps, "warmup": warmup, "rows": rows}
 
 

@@ -13,24 +13,20 @@ import sys
 DESCRIPTION = "d2l's AlexNet on Fashion-MNIST in JAX/Flax."
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def positive(kind: type):
+    """An argparse type: a positive (and finite) `kind`, with a clear message otherwise."""
+    noun = "integer" if kind is int else "number"
 
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {text}")
+        return value
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return parse
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -49,18 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train (or resume) d2l's run; defaults reproduce d2l")
     t.add_argument("--workdir", default="runs/alexnet")
-    t.add_argument("--epochs", type=positive_int, default=10)
-    t.add_argument("--batch-size", type=positive_int, default=128)
-    t.add_argument("--lr", type=positive_float, default=0.01)
+    t.add_argument("--epochs", type=positive(int), default=10)
+    t.add_argument("--batch-size", type=positive(int), default=128)
+    t.add_argument("--lr", type=positive(float), default=0.01)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--pipeline", choices=("device", "host"), default="device",
                    help="device: resize on the accelerator (fast); host: tf.data (default: device)")
     _add_data_args(t)
-    t.add_argument("--limit-train", type=positive_int, help="use the first N train examples")
-    t.add_argument("--limit-test", type=positive_int, help="use the first N test examples")
-    t.add_argument("--checkpoint-every-steps", type=positive_int,
+    t.add_argument("--limit-train", type=positive(int), help="use the first N train examples")
+    t.add_argument("--limit-test", type=positive(int), help="use the first N test examples")
+    t.add_argument("--checkpoint-every-steps", type=positive(int),
                    help="also checkpoint every N steps (always after each epoch)")
-    t.add_argument("--keep-checkpoints", type=positive_int, default=3)
+    t.add_argument("--keep-checkpoints", type=positive(int), default=3)
     t.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32",
                    help="computation dtype; parameters stay float32 (float64: parameters "
                    "too, for numerical checks; needs JAX_ENABLE_X64=1)")
@@ -70,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(one per host); --batch-size is the global batch")
     m.add_argument("--coordinator", metavar="HOST:PORT",
                    help="address of process 0's coordinator (jax.distributed)")
-    m.add_argument("--num-processes", type=positive_int)
+    m.add_argument("--num-processes", type=positive(int))
     m.add_argument("--process-id", type=int)
     m.add_argument("--distributed", action="store_true",
                    help="read the three settings above from the cluster (SLURM, Open MPI, "
@@ -80,13 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     e.add_argument("--pipeline", choices=("device", "host"), default="device")
-    e.add_argument("--limit-test", type=positive_int, help="only the first N test images")
+    e.add_argument("--limit-test", type=positive(int), help="only the first N test images")
     _add_data_args(e)
 
     p = sub.add_parser("predict", help="a PNG grid of test images with true and predicted classes")
     p.add_argument("--workdir", required=True)
     p.add_argument("--step", type=int)
-    p.add_argument("--num", type=positive_int, default=10)
+    p.add_argument("--num", type=positive(int), default=10)
     p.add_argument("--out", default="predictions.png")
     _add_data_args(p)
 
@@ -99,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--step", type=int)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters and FLOPs")
-    s.add_argument("--image-size", type=positive_int, default=224)
+    s.add_argument("--image-size", type=positive(int), default=224)
 
     b = sub.add_parser("benchmark", help="training-step throughput: JAX variants and PyTorch")
-    b.add_argument("--batch-size", type=positive_int, nargs="+", default=[128, 256, 512, 1024])
-    b.add_argument("--steps", type=positive_int, default=20, help="timed steps per row")
-    b.add_argument("--warmup", type=positive_int, default=2)
+    b.add_argument("--batch-size", type=positive(int), nargs="+", default=[128, 256, 512, 1024])
+    b.add_argument("--steps", type=positive(int), default=20, help="timed steps per row")
+    b.add_argument("--warmup", type=positive(int), default=2)
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     b.add_argument("--variants", nargs="+", help="only these rows (see the table's names)")
     b.add_argument("--json", default="benchmark.json", help="where to write every figure")
@@ -123,13 +119,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         from .parallel import init_distributed
-        from .train import TrainConfig, train_and_evaluate
+        from .run_dir import TrainConfig
+        from .train import train_and_evaluate
 
         init_distributed(args.coordinator, args.num_processes, args.process_id,
                          auto=args.distributed)
-        keys = TrainConfig.__dataclass_fields__
-        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
-        train_and_evaluate(config)
+        train_and_evaluate(TrainConfig.from_dict(vars(args)))
         return 0
     if args.command == "benchmark":
         from .benchmark import main as benchmark_main

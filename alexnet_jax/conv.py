@@ -3,8 +3,8 @@
 Why: XLA's CPU backend computes a conv's kernel gradient (the backward-filter conv) several
 times slower than the same sum written as matmuls over the kernel taps; for AlexNet's conv2
 (96 -> 256, 5x5, 26x26) that one gradient was the costliest op of the CPU train step, and
-conv1's (1 -> 96, 11x11, stride 4) cost three times its whole forward pass
-(benchmarks/NOTES.md). Per backend: `lax.platform_dependent` picks the matmuls on CPU and
+conv1's (1 -> 96, 11x11, stride 4) cost more than its whole forward pass (figures in
+benchmarks/NOTES.md). Per backend: `lax.platform_dependent` picks the matmuls on CPU and
 XLA's own gradient everywhere else (GPU, TPU), where it is fast. Forward pass and input
 gradient are XLA's on every backend.
 """
@@ -84,7 +84,7 @@ def kernel_grad_matmuls(x, g, *, kernel, strides=(1, 1), padding, precision=None
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     b, h, w, c_out = g.shape
     c_in = x.shape[-1]
-    g2 = g.reshape(b * h * w, c_out)  # 2-D operands: 1.6x faster than a 4-D einsum here
+    g2 = g.reshape(b * h * w, c_out)  # 2-D operands: faster than a 4-D einsum (NOTES.md)
     out_type = jnp.promote_types(g.dtype, jnp.float32)
 
     def window(i, j):  # the inputs tap (i, j) meets, one row per output position

@@ -49,5 +49,20 @@ def d2l_net(seed: int = 0, dtype=torch.float32) -> nn.Sequential:
     return net.to(dtype)
 
 
+def d2l_train_step(net: nn.Module, lr: float):
+    """train_ch6's inner loop body: SGD on the mean cross-entropy of one batch."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
 def nhwc_to_nchw(x):
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())

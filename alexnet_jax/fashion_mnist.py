@@ -114,11 +114,22 @@ def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
 
 
 def tfds_release_order(num_examples: int, split: str) -> np.ndarray:
-    """Release index of each tfds record: tfds writes examples sorted by md5(split, key)."""
-    from tensorflow_datasets.core import hashing
+    """Release index of each tfds record: tfds writes examples sorted by md5(split, key).
 
-    hasher = hashing.Hasher(salt=split)
-    return np.argsort([hasher.hash_key(i) for i in range(num_examples)], kind="stable")
+    The one use of tfds' private `core.hashing`; tests/test_data.py fails if it changes.
+    """
+    try:
+        from tensorflow_datasets.core import hashing
+
+        hasher = hashing.Hasher(salt=split)
+        keys = [hasher.hash_key(i) for i in range(num_examples)]
+    except (ImportError, AttributeError, TypeError) as err:
+        raise DataError(
+            f"this tensorflow-datasets changed its private hashing ({type(err).__name__}: {err}), "
+            "so the tfds source cannot restore the release order; use --source idx with "
+            "--manual-dir"
+        ) from err
+    return np.argsort(keys, kind="stable")
 
 
 def _network_reachable(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:

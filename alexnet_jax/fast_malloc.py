@@ -2,9 +2,8 @@
 
 Why: XLA's CPU runtime takes each step's scratch buffer (2.2 GB for d2l's batch of 128) from
 malloc, and glibc serves blocks that large with a fresh mmap and gives them back to the kernel
-on free, so every step faults all those pages in again. tcmalloc keeps them. On the 2-core
-development CPU a training step at batch 128 went from 3.4 to 2.4 s (PyTorch's, in the same
-process: 2.46 to 1.87 s); see benchmarks/NOTES.md. The allocator must be chosen before the
+on free, so every step faults all those pages in again. tcmalloc keeps them, which makes the
+CPU step markedly faster (figures in benchmarks/NOTES.md). The allocator must be chosen before the
 process starts, hence a re-exec with LD_PRELOAD, as PyTorch's CPU launcher
 (`torch.backends.xeon.run_cpu`) does. ALEXNET_JAX_MALLOC=system keeps glibc's malloc.
 """

@@ -9,7 +9,7 @@ the same (seed, epoch) they give the same examples in the same order with the sa
   the jitted step resizes (`model_input`), so the host moves 4 bytes per image, not 200 KB.
 
 With several devices a batch is sharded over them; a last partial batch that they cannot share
-equally is filled up with padding examples (label -1), which the steps leave out of the loss
+equally is filled up with padding examples (parallel.PAD), which the steps leave out of the loss
 and the metrics.
 """
 
@@ -26,17 +26,17 @@ from jax.sharding import Mesh
 
 from .fashion_mnist import Split
 from .parallel import (
-    PAD_LABEL,
+    PAD,
     batch_sharding,
     global_array,
+    is_real,
     make_mesh,
     pad_indices,
     padded_size,
     process_rows,
 )
-from .resize import PIXEL_TO_FLOAT, resize_uint8_jax, resize_uint8_tf, to_model_input
+from .preprocess import IMAGE_SIZE, PIXEL_TO_FLOAT, resize_uint8_tf
 
-IMAGE_SIZE = 224
 PIPELINES = ("device", "host")
 
 
@@ -51,28 +51,10 @@ def num_batches(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
-def batch_spec(kind: str, size: int):
-    """Shapes and dtypes of a batch from pipeline `kind`, for compiling ahead of time."""
-    shape, dtype = ((size, 28, 28), jnp.uint8) if kind == "device" else \
-        ((size, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
-    return jax.ShapeDtypeStruct(shape, dtype), jax.ShapeDtypeStruct((size,), jnp.int32)
-
-
-def model_input(images):
-    """Model input from what a pipeline delivers, traced inside the jitted steps.
-
-    (B, 28, 28) uint8 (device pipeline) is resized here, as d2l's Resize + ToTensor;
-    (B, 224, 224, 1) float32 (host pipeline) is already model input.
-    """
-    if images.dtype == jnp.uint8:
-        return to_model_input(resize_uint8_jax(images, IMAGE_SIZE), jnp)
-    return images
-
-
 @dataclass
 class Batch:
     images: jax.Array  # what `model_input` takes, sharded over the mesh's `data` axis
-    labels: jax.Array  # (B,) int32; -1 marks padding examples
+    labels: jax.Array  # (B,) int32; PAD marks padding examples
     size: int  # number of real examples (the last batch of an epoch is smaller)
 
 
@@ -94,7 +76,7 @@ class _Pipeline:
         return {self.batch_size, last} - {0}
 
     def batch_indices(self, epoch: int, start_batch: int) -> list[np.ndarray]:
-        """Global example indices of each batch from `start_batch` on (-1: padding)."""
+        """Global example indices of each batch from `start_batch` on (PAD: padding)."""
         order = epoch_order(len(self.split), self.seed, epoch, self.shuffle).astype(np.int32)
         return [pad_indices(order[b * self.batch_size : (b + 1) * self.batch_size],
                             self.mesh.size) for b in range(start_batch, len(self))]
@@ -118,11 +100,11 @@ class HostPipeline(_Pipeline):
 
     def _load(self, indices):
         tf = self._tf
-        real = indices >= 0
-        indices = tf.maximum(indices, 0)
+        real = is_real(indices)
+        indices = tf.where(real, indices, 0)
         images = resize_uint8_tf(tf.gather(self._images, indices), IMAGE_SIZE)
         images = tf.gather(PIXEL_TO_FLOAT, tf.cast(images, tf.int32))[..., None]
-        labels = tf.where(real, tf.gather(self._labels, indices), PAD_LABEL)
+        labels = tf.where(real, tf.gather(self._labels, indices), PAD)
         return images, labels
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
@@ -141,13 +123,13 @@ class HostPipeline(_Pipeline):
         for indices, (images, labels) in zip(batches, ds.as_numpy_iterator()):
             yield Batch(global_array(self.sharding, images, len(indices)),
                         global_array(self.sharding, labels, len(indices)),
-                        int(np.sum(indices >= 0)))
+                        int(np.sum(is_real(indices))))
 
 
 def _gather(images, labels, indices):
-    real = indices >= 0
-    indices = jnp.maximum(indices, 0)
-    return images[indices], jnp.where(real, labels[indices], PAD_LABEL)
+    real = is_real(indices)
+    indices = jnp.where(real, indices, 0)
+    return images[indices], jnp.where(real, labels[indices], PAD)
 
 
 class DevicePipeline(_Pipeline):
@@ -172,7 +154,7 @@ class DevicePipeline(_Pipeline):
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         for indices in self.batch_indices(epoch, start_batch):
             images, labels = self._gather(self._images, self._labels, indices)
-            yield Batch(images, labels, int(np.sum(indices >= 0)))
+            yield Batch(images, labels, int(np.sum(is_real(indices))))
 
 
 def make_pipeline(kind: str, split: Split, batch_size: int, shuffle: bool, seed: int,

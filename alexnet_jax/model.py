@@ -8,14 +8,14 @@ bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which d2l leaves in place.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .conv import conv_general_dilated
-from .pool import max_pool
+ModuleDef = Any
 
 # (name, out channels, kernel, stride, padding, followed by a 3/2 max-pool)
 CONV_LAYERS = (
@@ -84,12 +84,15 @@ class AlexNet(nn.Module):
 
     `dtype` is the computation dtype (bfloat16 for mixed precision); parameters are kept
     in `param_dtype` (float32 by default) and the logits are returned in float32 or wider.
+    `conv` and `pool` are stock Flax unless another kernel with their signature is injected.
     """
 
     num_classes: int = 10
     dropout_rate: float = 0.5
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
+    pool: Callable = nn.max_pool
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -97,7 +100,7 @@ class AlexNet(nn.Module):
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
         in_c = IN_CHANNELS
         for name, features, kernel, stride, pad, pool in CONV_LAYERS:
-            x = nn.Conv(
+            x = self.conv(
                 features,
                 (kernel, kernel),
                 strides=(stride, stride),
@@ -106,12 +109,11 @@ class AlexNet(nn.Module):
                 bias_init=torch_bias_init(in_c * kernel * kernel),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
-                conv_general_dilated=conv_general_dilated,  # faster kernel grads on CPU
                 name=name,
             )(x)
             x = nn.relu(x)
             if pool:
-                x = max_pool(x, POOL_WINDOW, POOL_STRIDE)  # faster gradient on CPU
+                x = self.pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
             in_c = features
         x = x.reshape((x.shape[0], -1))  # H, W, C order; torch_compat permutes fc1 for torch
         in_f = x.shape[-1]

@@ -15,7 +15,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
-PAD_LABEL = -1  # label of the examples that fill a last batch up to a multiple of the devices
+# Example index, and label, of the padding examples that fill a last partial batch up to a
+# multiple of the devices; the steps leave them out of the loss, the gradient and the metrics.
+PAD = -1
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None,
@@ -71,9 +73,14 @@ def padded_size(size: int, num_devices: int) -> int:
 
 
 def pad_indices(indices: np.ndarray, num_devices: int) -> np.ndarray:
-    """Example indices of one global batch, with -1 for padding examples."""
+    """Example indices of one global batch, with PAD for padding examples."""
     pad = padded_size(len(indices), num_devices) - len(indices)
-    return np.concatenate([indices, np.full(pad, -1, indices.dtype)]) if pad else indices
+    return np.concatenate([indices, np.full(pad, PAD, indices.dtype)]) if pad else indices
+
+
+def is_real(indices_or_labels):
+    """True for real examples, False for padding (numpy, JAX or TensorFlow arrays)."""
+    return indices_or_labels != PAD
 
 
 def process_rows(sharding: NamedSharding, global_size: int) -> slice:
@@ -104,3 +111,12 @@ def put_replicated(tree, mesh: Mesh):
 def is_primary() -> bool:
     """Only process 0 writes metrics, plots, config and prints progress."""
     return jax.process_index() == 0
+
+
+def device_name() -> str:
+    """d2l's device string (cuda:0, tpu:0 or cpu:0); `N x cuda` for N devices."""
+    dev = jax.devices()[0]
+    platform = "cuda" if dev.platform == "gpu" and "rocm" not in dev.client.platform_version \
+        else dev.platform
+    count = jax.device_count()
+    return f"{platform}:{dev.id}" if count == 1 else f"{count} x {platform}"

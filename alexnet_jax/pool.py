@@ -1,7 +1,7 @@
 """Max-pooling (VALID, square windows) whose gradient on CPU is 9 masked, strided adds.
 
-Why: XLA's CPU backend runs the max-pool gradient (select-and-scatter) slowly: it was ~13% of
-the CPU train step at batch 32 (benchmarks/NOTES.md). On CPU the gradient is built from one
+Why: XLA's CPU backend runs the max-pool gradient (select-and-scatter) slowly, a sizeable part
+of the CPU train step (benchmarks/NOTES.md). On CPU the gradient is built from one
 comparison per window tap instead; each output's gradient goes to the first maximum of its
 window in row-major order, as in PyTorch's max_pool2d. Other backends keep XLA's gradient.
 """
@@ -15,8 +15,13 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def max_pool(x, window: int, stride: int):
-    """NHWC max-pool, `window` x `window`, stride `stride`, no padding (d2l's MaxPool2d)."""
+def max_pool(x, window_shape, strides=None, padding="VALID"):
+    """Drop-in for `flax.linen.max_pool` with square windows and no padding (d2l's
+    MaxPool2d), NHWC."""
+    (window, window_w), (stride, stride_w) = window_shape, strides or window_shape
+    if window != window_w or stride != stride_w or padding != "VALID":
+        raise ValueError(f"max_pool takes square windows and strides with VALID padding, "
+                         f"got window {window_shape}, strides {strides}, padding {padding!r}")
     return _max_pool(x, window, stride)
 
 

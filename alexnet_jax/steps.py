@@ -1,31 +1,27 @@
-"""The train state and the pure, jitted train and eval steps (d2l's train_ch6 inner loop)."""
+"""The train state, the pure jitted train and eval steps (d2l's train_ch6 inner loop), and
+`evaluate` (d2l's evaluate_accuracy_gpu)."""
 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from flax.training import train_state
 from jax.sharding import Mesh
 
-from .input_pipeline import model_input
 from .model import AlexNet, init_params
-from .parallel import batch_sharding, replicated
+from .parallel import batch_sharding, is_real, put_replicated, replicated
+from .preprocess import batch_spec, model_input
 
 
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step changes, and so everything a checkpoint holds."""
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the dropout key: everything a step changes."""
 
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array  # dropout keys are fold_in(rng, step)
-    apply_fn: Any = flax.struct.field(pytree_node=False)
-    tx: Any = flax.struct.field(pytree_node=False)
+    rng: jax.Array  # key data; the dropout key of a step is fold_in(rng, step)
 
 
 def make_optimizer(lr: float) -> optax.GradientTransformation:
@@ -40,21 +36,15 @@ def create_train_state(model: AlexNet, seed: int, lr: float, params=None) -> Tra
         params = init_params(model, init_key)
     params = jax.tree.map(lambda p: jnp.asarray(p, model.param_dtype), params)
     tx = make_optimizer(lr)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(dropout_key),
-        apply_fn=model.apply,
-        tx=tx,
-    )
+    return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params,
+                      tx=tx, opt_state=tx.init(params), rng=jax.random.key_data(dropout_key))
 
 
 def cross_entropy(logits, labels):
     """Per-example cross-entropy (d2l's nn.CrossEntropyLoss, before its mean); 0 for padding
-    examples (label -1), so sums over a padded batch are sums over its real examples."""
-    real = labels >= 0
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    examples, so sums over a padded batch are sums over its real examples."""
+    real = is_real(labels)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(real, labels, 0))
     return jnp.where(real, losses, 0.0)
 
 
@@ -64,8 +54,8 @@ def empty_metrics() -> dict[str, jax.Array]:
 
 
 def _batch_metrics(losses, logits, labels) -> dict[str, jax.Array]:
-    """Sums over the real examples of a batch (padding examples have label -1)."""
-    real = labels >= 0
+    """Sums over the real examples of a batch."""
+    real = is_real(labels)
     return {
         "loss_sum": jnp.sum(losses.astype(jnp.float32)),
         "correct": jnp.sum(real & (jnp.argmax(logits, -1) == labels)).astype(jnp.int32),
@@ -75,7 +65,7 @@ def _batch_metrics(losses, logits, labels) -> dict[str, jax.Array]:
 
 def mean_loss(losses, labels):
     """d2l's mean cross-entropy over the real examples (a padded batch has fewer)."""
-    return jnp.sum(losses) / jnp.maximum(jnp.sum(labels >= 0), 1)
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(is_real(labels)), 1)
 
 
 def train_step(state: TrainState, images, labels, metrics):
@@ -90,9 +80,7 @@ def train_step(state: TrainState, images, labels, metrics):
         return mean_loss(losses, labels), (losses, logits)
 
     grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    state = state.apply_gradients(grads=grads)
     batch = _batch_metrics(losses, logits, labels)
     return state, jax.tree.map(jnp.add, metrics, batch)
 
@@ -120,3 +108,24 @@ def jit_steps(mesh: Mesh) -> Steps:
         eval=jax.jit(eval_step, in_shardings=shardings, out_shardings=repl,
                      donate_argnums=(3,)),
     )
+
+
+def compile_steps(steps: Steps, state, metrics, pipeline) -> float:
+    """Compile the train step for each batch shape of `pipeline` ahead of time, so no timed
+    step compiles; returns the seconds it took."""
+    t0 = time.perf_counter()
+    for size in sorted(pipeline.batch_sizes()):
+        images, labels = batch_spec(pipeline.kind, size)
+        steps.train.lower(state, images, labels, metrics).compile()
+    return time.perf_counter() - t0
+
+
+def evaluate(state: TrainState, pipeline) -> dict[str, float]:
+    """Test loss and accuracy over every example of `pipeline`, dropout off."""
+    eval_step = jit_steps(pipeline.mesh).eval
+    metrics = put_replicated(empty_metrics(), pipeline.mesh)
+    for batch in pipeline.epoch(0):
+        metrics = eval_step(state, batch.images, batch.labels, metrics)
+    m = jax.device_get(metrics)
+    return {"loss": float(m["loss_sum"]) / int(m["count"]),
+            "acc": int(m["correct"]) / int(m["count"]), "count": int(m["count"])}

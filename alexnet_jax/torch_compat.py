@@ -24,7 +24,6 @@ TORCH_INDEX = {
     "fc3": 20,
 }
 CONV_NAMES = tuple(layer[0] for layer in CONV_LAYERS)
-DENSE_NAMES = tuple(name for name, _ in DENSE_LAYERS) + ("fc3",)
 
 
 class StateDictError(ValueError):
@@ -117,12 +116,16 @@ def params_from_torch(state_dict: dict[str, Any]) -> dict[str, dict[str, np.ndar
     return params
 
 
-def params_to_torch_unchecked(params: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Torch-layout numpy copies of `params`; unknown Flax modules show as `<flax:NAME>`."""
+def params_to_torch(params: dict[str, Any], *, as_tensors: bool = True) -> dict[str, Any]:
+    """The state dict of d2l's `nn.Sequential` (torch tensors, or numpy arrays) from Flax params."""
+    unknown = sorted(set(params) - set(TORCH_INDEX))
+    if unknown:
+        raise StateDictError(f"not the params of d2l's AlexNet: unexpected Flax modules {unknown}"
+                             f" (expected {list(TORCH_INDEX)})")
     state = {}
     for name, idx in TORCH_INDEX.items():
         if name not in params:
-            continue
+            continue  # check_state_dict names it as a missing key
         kernel = _to_numpy(params[name]["kernel"])
         if name in CONV_NAMES:
             weight = kernel.transpose(3, 2, 0, 1)  # HWIO -> OIHW
@@ -132,15 +135,6 @@ def params_to_torch_unchecked(params: dict[str, Any]) -> dict[str, np.ndarray]:
             weight = kernel.T
         state[f"{idx}.weight"] = np.ascontiguousarray(weight)
         state[f"{idx}.bias"] = _to_numpy(params[name]["bias"])
-    extra = [k for k in params if k not in TORCH_INDEX]
-    for k in extra:
-        state[f"<flax:{k}>"] = np.empty(0)
-    return state
-
-
-def params_to_torch(params: dict[str, Any], *, as_tensors: bool = True) -> dict[str, Any]:
-    """The state dict of d2l's `nn.Sequential` (torch tensors, or numpy arrays) from Flax params."""
-    state = params_to_torch_unchecked(params)
     check_state_dict(state)
     if not as_tensors:
         return state

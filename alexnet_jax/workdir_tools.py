@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -12,44 +11,36 @@ from . import checkpoints
 from .fashion_mnist import CLASS_NAMES, load_split
 from .input_pipeline import make_pipeline
 from .parallel import make_mesh, put_replicated
-from .steps import TrainState, create_train_state, empty_metrics
-from .train import RunError, TrainConfig, build_model, checkpoint_tree, evaluate, write_config
-
-
-def saved_config(workdir: str | Path) -> TrainConfig:
-    """The TrainConfig recorded in a work dir (a converted one records fewer settings)."""
-    path = Path(workdir) / "config.json"
-    if not Path(workdir).is_dir():
-        raise RunError(f"work dir {workdir} does not exist; train or convert into it first")
-    if not path.is_file():
-        raise RunError(f"{path} is missing: {workdir} is not a work dir of alexnet-jax")
-    settings = json.loads(path.read_text())["settings"]
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in settings.items() if k in fields})
-
-
-def _empty_totals():
-    return {"train_seconds": 0.0, "train_examples": 0, "wall_seconds": 0.0}
+from .preprocess import model_input
+from .run_dir import (
+    RunError,
+    TrainConfig,
+    build_model,
+    checkpoint_tree,
+    empty_totals,
+    saved_config,
+    state_from_tree,
+    write_config,
+)
+from .steps import TrainState, create_train_state, empty_metrics, evaluate
 
 
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
     """The train state of a work dir's checkpoint (the latest when step is None)."""
     config = saved_config(workdir)
-    state = put_replicated(create_train_state(build_model(config), config.seed, config.lr),
-                           make_mesh())
+    model = build_model(config.dtype, config.num_classes)
+    state = put_replicated(create_train_state(model, config.seed, config.lr), make_mesh())
     mngr = checkpoints.manager(workdir, read_only=True)
     try:
         if not mngr.all_steps():
             raise RunError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
-        target = checkpoint_tree(state, empty_metrics(), _empty_totals())
+        target = checkpoint_tree(state, empty_metrics(), empty_totals())
         found, tree = checkpoints.restore_latest(mngr, target, step=step)
     finally:
         mngr.close()
     if tree is None:
         raise RunError(f"no readable checkpoint in {checkpoints.checkpoint_dir(workdir)}")
-    state = state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
-                          rng=tree["rng"])
-    return state, found
+    return state_from_tree(state, tree), found
 
 
 def evaluate_command(args) -> None:
@@ -61,7 +52,6 @@ def evaluate_command(args) -> None:
 
 
 def predict_command(args) -> None:
-    from .input_pipeline import model_input
     from .plots import plot_predictions
 
     state, step = load_state(args.workdir, args.step)
@@ -105,11 +95,12 @@ def convert_command(args) -> None:
             checkpoints.checkpoint_dir(workdir).iterdir()):
         raise RunError(f"{workdir} already holds checkpoints; convert into a new work dir")
     config = TrainConfig(workdir=str(workdir), num_classes=params["fc3"]["bias"].shape[0])
-    state = create_train_state(build_model(config), config.seed, config.lr, params=params)
+    state = create_train_state(build_model(config.dtype, config.num_classes), config.seed,
+                               config.lr, params=params)
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(workdir, config, only=("num_classes",), extra={"converted_from": str(source)})
     mngr = checkpoints.manager(workdir)
-    checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(), _empty_totals()))
+    checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(), empty_totals()))
     mngr.wait_until_finished()
     mngr.close()
     print(f"converted {source} into a checkpoint at step 0 in {workdir}")

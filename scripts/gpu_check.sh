@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU check of issue #7 in one prepared call (the device tool lends a machine for minutes):
-# the machine and versions, d2l's full run (10 epochs, batch 128, TF-free: --source idx, device
-# pipeline), then the benchmark (step rows for every variant and batch size, epoch rows).
+# Every GPU check of alexnet-jax in one call, for a machine lent for minutes: the machine and
+# versions, d2l's full run (10 epochs, batch 128, TF-free: --source idx, device pipeline),
+# then the benchmark (step rows for every variant and batch size, epoch rows).
 #
 #   mkdir -p data && cp -r ../shared/data/fashion-mnist data/      # /data/ is git-ignored
-#   device run: bash scripts/gpu_check.sh "$OUT"    with carry ["data"]
+#   bash scripts/gpu_check.sh OUTDIR            # on the GPU machine, from the checkout
 #
-# Writes at most 7 files into OUT (the device tool returns 8): env.txt, train.log,
-# metrics.jsonl, curves.png, config.json, bench.md, bench.json. Each part has its own time
-# limit, so one that hangs cannot take the others' time. The settings below are environment
-# variables so that the same script can be tried on a CPU first with tiny ones.
+# Writes 7 files into OUTDIR: env.txt, train.log, metrics.jsonl, curves.png, config.json,
+# bench.md, bench.json. Each part has its own time limit, so one that hangs cannot take the
+# others' time. The settings below are environment variables so that the same script can be
+# tried on a CPU first with tiny ones.
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUTDIR}
 data=${DATA:-data/fashion-mnist}

@@ -19,7 +19,8 @@ if __name__ == "__main__":
         init_distributed(sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
     import jax
 
-    from alexnet_jax.train import TrainConfig, train_and_evaluate
+    from alexnet_jax.run_dir import TrainConfig
+    from alexnet_jax.train import train_and_evaluate
 
     for epoch in epochs:
         state, result = train_and_evaluate(TrainConfig(**{**settings, "epochs": int(epoch)}))

@@ -25,7 +25,7 @@ from alexnet_jax.input_pipeline import (
     model_input,
     num_batches,
 )
-from alexnet_jax.resize import resize_uint8_jax, resize_uint8_tf
+from alexnet_jax.preprocess import resize_uint8_jax, resize_uint8_tf
 
 jit_model_input = jax.jit(model_input)
 jit_resize = jax.jit(resize_uint8_jax)
@@ -111,6 +111,29 @@ def test_tfds_pipeline_on_mock_data(monkeypatch):
     assert [b[2] for b in batches] == [16, 16, 8]
     expected = pillow_resize(split.images[epoch_order(40, 0, 0, True)[:16]])
     np.testing.assert_array_equal(batches[0][0][..., 0], expected.astype(np.float32) / 255.0)
+
+
+def test_tfds_record_order_is_md5_of_split_and_index():
+    """tfds writes fashion_mnist sorted by md5(split name + str(index)); we undo that order
+    through tfds' private hashing, so this fails the day tfds changes it."""
+    import hashlib
+
+    from alexnet_jax.fashion_mnist import tfds_release_order
+
+    for split in ("train", "test"):
+        md5 = [int(hashlib.md5(f"{split}{i}".encode()).hexdigest(), 16) for i in range(500)]
+        np.testing.assert_array_equal(tfds_release_order(500, split),
+                                      np.argsort(md5, kind="stable"))
+
+
+def test_changed_tfds_hashing_is_a_clear_error(monkeypatch):
+    from tensorflow_datasets.core import hashing
+
+    from alexnet_jax.fashion_mnist import tfds_release_order
+
+    monkeypatch.delattr(hashing, "Hasher")
+    with pytest.raises(DataError, match="changed its private hashing.*--source idx"):
+        tfds_release_order(10, "train")
 
 
 # ---- the real data (FASHION_MNIST_DIR) ----

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import d2l_images, rel_err
-from d2l_torch import d2l_net, nhwc_to_nchw
 from scipy import stats
 
 from alexnet_jax import AlexNet, init_params
+from alexnet_jax.d2l_reference import d2l_net, nhwc_to_nchw
 from alexnet_jax.parallel import make_mesh
+from alexnet_jax.run_dir import build_model
 from alexnet_jax.steps import create_train_state, cross_entropy, empty_metrics, jit_steps
 from alexnet_jax.torch_compat import TORCH_INDEX, params_from_torch, params_to_torch
 
 BATCH = 2  # AlexNet-224 costs ~2 GFLOP per image forward; small batches keep CI quick
+MODEL = build_model()  # the model `train` runs: AlexNet with the CPU-fast conv and pool
 
 
 def random_images(seed: int, n: int = BATCH) -> np.ndarray:
@@ -39,8 +41,8 @@ def torch_logits(net, x: np.ndarray, dtype=torch.float32):
         return net(nhwc_to_nchw(x).to(dtype)).numpy()
 
 
-def jax_logits(params, x):
-    return np.asarray(AlexNet().apply({"params": params}, x, train=False))
+def jax_logits(params, x, model=MODEL):
+    return np.asarray(model.apply({"params": params}, x, train=False))
 
 
 def torch_loss_and_grads(net, x, labels, dtype):
@@ -55,7 +57,7 @@ def torch_loss_and_grads(net, x, labels, dtype):
 
 def jax_loss_and_grads(params, x, labels):
     def loss_fn(p):
-        logits = AlexNet().apply({"params": p}, x, train=False)
+        logits = MODEL.apply({"params": p}, x, train=False)
         return jnp.mean(cross_entropy(logits, labels))
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -76,13 +78,16 @@ def compare_grads(net, x, labels, dtype, jdtype, name, bound, report):
     return errors
 
 
-def test_forward_float32_random(report):
+@pytest.mark.parametrize("kernels", ["cpu-fast", "stock-flax"])
+def test_forward_float32_random(kernels, report):
+    """The model `train` runs, and the plain AlexNet() with Flax's own conv and pool."""
+    model = MODEL if kernels == "cpu-fast" else AlexNet()
     net = d2l_net(seed=1)
     params = jax_params(net)
     for seed in (10, 11):
         x = random_images(seed)
-        err = rel_err(jax_logits(params, x), torch_logits(net, x))
-        report(f"forward float32, random inputs (seed {seed})", err, 1e-5)
+        err = rel_err(jax_logits(params, x, model), torch_logits(net, x))
+        report(f"forward float32, random inputs (seed {seed}, {kernels})", err, 1e-5)
         assert err <= 1e-5
 
 
@@ -142,7 +147,7 @@ def test_sgd_trajectory_float64_real(test_split, report):
     net = d2l_net(seed=6, dtype=torch.float64)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     with jax.enable_x64(True):
-        state = create_train_state(AlexNet(dropout_rate=0.0, param_dtype=jnp.float64), seed=0,
+        state = create_train_state(MODEL.clone(dropout_rate=0.0, param_dtype=jnp.float64), seed=0,
                                    lr=lr, params=params_from_torch(net.state_dict()))
         for step in range(steps):
             x = d2l_images(test_split, 10 + step * BATCH, BATCH).astype(np.float64)

@@ -58,7 +58,7 @@ def test_max_pool_grad_equals_xla_and_torch(shape, report):
             y, vjp = jax.vjp(pool, x)
             return y, vjp(g)[0]
 
-        y_ours, dx_ours = grad(lambda x: max_pool(x, 3, 2), x)
+        y_ours, dx_ours = grad(lambda x: max_pool(x, (3, 3), (2, 2)), x)
         y_xla, dx_xla = grad(lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1),
                                                          (1, 2, 2, 1), "VALID"), x)
         assert rel_err(y_ours, y_xla) == 0.0
@@ -67,7 +67,7 @@ def test_max_pool_grad_equals_xla_and_torch(shape, report):
         assert err < 1e-15
 
         tied = jnp.round(x)  # values in {-3, ..., 3}: most windows hold their maximum twice
-        _, dx_tied = grad(lambda x: max_pool(x, 3, 2), tied)
+        _, dx_tied = grad(lambda x: max_pool(x, (3, 3), (2, 2)), tied)
     xt = torch.from_numpy(np.asarray(tied)).permute(0, 3, 1, 2).requires_grad_()
     torch.nn.functional.max_pool2d(xt, 3, 2).backward(
         torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2))
@@ -90,8 +90,9 @@ def test_bfloat16_grads_run_and_match_xla():
 
     xla_pool = lambda y: lax.reduce_window(y, -jnp.inf, lax.max, (1, 3, 3, 1),  # noqa: E731
                                            (1, 2, 2, 1), "VALID")
-    ours = jax.jit(jax.grad(lambda x, w: loss(conv_general_dilated,
-                                              lambda y: max_pool(y, 3, 2), x, w), (0, 1)))(x, w)
+    our_pool = lambda y: max_pool(y, (3, 3), (2, 2))  # noqa: E731
+    ours = jax.jit(jax.grad(lambda x, w: loss(conv_general_dilated, our_pool, x, w),
+                            (0, 1)))(x, w)
     xla = jax.jit(jax.grad(lambda x, w: loss(lax.conv_general_dilated, xla_pool, x, w),
                            (0, 1)))(x, w)
     for a, b in zip(ours, xla):

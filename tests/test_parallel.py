@@ -104,12 +104,12 @@ def test_cli_refuses_indivisible_batch_on_four_devices(fashion_mnist_dir, tmp_pa
 
 def test_padding_examples_change_nothing(test_split):
     """A batch of 6 filled up to 8 with padding (label -1) trains exactly like the 6 alone."""
-    from alexnet_jax.model import AlexNet
+    from alexnet_jax.run_dir import build_model
     from alexnet_jax.steps import create_train_state, empty_metrics, jit_steps
 
     mesh = make_mesh()
     step = jit_steps(mesh).train
-    model = AlexNet(dropout_rate=0.0)  # dropout draws depend on the batch shape
+    model = build_model().clone(dropout_rate=0.0)  # dropout draws depend on the batch shape
     images = test_split.images[:8].copy()
     labels = test_split.labels[:8].astype(np.int32)
     padded = labels.copy()

@@ -1,4 +1,4 @@
-"""Pillow's bilinear resize of uint8 images, bit for bit, in JAX or TensorFlow.
+"""d2l's preprocessing, `Resize(224)` then `ToTensor`, bit for bit in JAX or TensorFlow.
 
 d2l resizes with torchvision's `Resize(224)` on the uint8 PIL image, which is Pillow's
 `Image.resize(..., BILINEAR)`. Pillow (src/libImaging/Resample.c) resamples in two
@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+IMAGE_SIZE = 224  # d2l's Resize(224)
 PRECISION_BITS = 32 - 8 - 2  # Pillow's PRECISION_BITS for 8-bit images
 _HALF = 1 << (PRECISION_BITS - 1)
 _SCALE = 1 << PRECISION_BITS
@@ -61,7 +62,7 @@ def _taps_pass_jax(images, axis: int, out_size: int):
     return jnp.clip((total + _HALF) >> PRECISION_BITS, 0, 255)
 
 
-def resize_uint8_jax(images, size: int = 224):
+def resize_uint8_jax(images, size: int = IMAGE_SIZE):
     """Pillow's bilinear resize in int32 JAX ops, for use inside jit; returns uint8."""
     import jax.numpy as jnp
 
@@ -81,7 +82,7 @@ def to_model_input(resized, xp=np):
     return xp.take(xp.asarray(PIXEL_TO_FLOAT), resized.astype(xp.int32), axis=0)[..., None]
 
 
-def resize_uint8_tf(images, size: int = 224):
+def resize_uint8_tf(images, size: int = IMAGE_SIZE):
     """Pillow's bilinear resize in TensorFlow int32 ops (the same taps as JAX), for tf.data."""
     import tensorflow as tf
 
@@ -95,3 +96,26 @@ def resize_uint8_tf(images, size: int = 224):
 
     x = one_pass(tf.cast(images, tf.int32), -1)  # width first, as Pillow
     return tf.cast(one_pass(x, -2), tf.uint8)
+
+
+def model_input(images):
+    """Model input from what a pipeline delivers, traced inside the jitted steps.
+
+    (B, 28, 28) uint8 (device pipeline) is resized here, as d2l's Resize + ToTensor;
+    (B, 224, 224, 1) float32 (host pipeline) is already model input.
+    """
+    import jax.numpy as jnp
+
+    if images.dtype == jnp.uint8:
+        return to_model_input(resize_uint8_jax(images, IMAGE_SIZE), jnp)
+    return images
+
+
+def batch_spec(kind: str, size: int):
+    """Shapes and dtypes of a batch from pipeline `kind`, for compiling ahead of time."""
+    import jax
+    import jax.numpy as jnp
+
+    shape, dtype = ((size, 28, 28), jnp.uint8) if kind == "device" else \
+        ((size, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
+    return jax.ShapeDtypeStruct(shape, dtype), jax.ShapeDtypeStruct((size,), jnp.int32)

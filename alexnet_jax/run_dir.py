@@ -1,0 +1,204 @@
+"""A run's records in its work dir: config.json, metrics.jsonl and the checkpoint tree.
+
+Everything that reads or writes a work dir (train, evaluate, predict, convert) goes through
+here, so the layout of each record is defined once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .conv import conv_general_dilated
+from .model import AlexNet
+from .parallel import is_primary
+from .pool import max_pool
+from .steps import TrainState
+
+# Settings that define a run: a work dir refuses to continue with other values.
+RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes")
+# --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
+DTYPES = {"float32": (None, jnp.float32), "bfloat16": (jnp.bfloat16, jnp.float32),
+          "float64": (jnp.float64, jnp.float64)}
+# On CPU their gradients are several times faster than XLA's (benchmarks/NOTES.md); on GPU
+# and TPU they are XLA's own. Module-level, so that equal models compare equal under jit.
+FAST_CONV = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+FAST_POOL = max_pool
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class TrainConfig:
+    workdir: str = "runs/alexnet"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    seed: int = 0
+    pipeline: str = "device"
+    source: str = "auto"
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    checkpoint_every_steps: int | None = None
+    keep_checkpoints: int = 3
+    dtype: str = "float32"
+    num_classes: int = 10
+    strict_checkpoints: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """The config from `values`, ignoring keys that are not settings (CLI flags, say)."""
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def build_model(dtype: str = "float32", num_classes: int = 10) -> AlexNet:
+    """d2l's AlexNet in `dtype` (a --dtype name), with the CPU-fast conv and pool."""
+    compute, param = DTYPES[dtype]
+    return AlexNet(num_classes=num_classes, dtype=compute, param_dtype=param, conv=FAST_CONV,
+                   pool=FAST_POOL)
+
+
+def check_config(config: TrainConfig) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
+                             f"got {getattr(config, name)}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise ValueError(f"--lr must be a positive number, got {config.lr}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {config.dtype}")
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("--dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
+
+
+def package_versions(names=("alexnet-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+                            "tensorflow-datasets", "tensorflow", "tensorflow-cpu", "numpy",
+                            "torch")) -> dict[str, str]:
+    """Installed versions of `names` (those not installed are left out)."""
+    versions = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def read_config(workdir: str | Path) -> dict:
+    """The record in a work dir's config.json."""
+    path = Path(workdir) / "config.json"
+    if not Path(workdir).is_dir():
+        raise RunError(f"work dir {workdir} does not exist; train or convert into it first")
+    if not path.is_file():
+        raise RunError(f"{path} is missing: {workdir} is not a work dir of alexnet-jax")
+    return json.loads(path.read_text())
+
+
+def saved_config(workdir: str | Path) -> TrainConfig:
+    """The TrainConfig recorded in a work dir (a converted one records fewer settings)."""
+    return TrainConfig.from_dict(read_config(workdir)["settings"])
+
+
+def prepare_workdir(config: TrainConfig) -> tuple[Path, dict]:
+    """Create the work dir, or check that its config.json describes this same run.
+
+    Returns the work dir and what its config.json records besides the settings that a new
+    config.json must keep (where a converted checkpoint came from).
+    """
+    workdir = Path(config.workdir)
+    kept = {}
+    if (workdir / "config.json").exists():
+        record = read_config(workdir)
+        saved = record["settings"]
+        kept = {k: v for k, v in record.items() if k == "converted_from"}
+        conflicts = [f"{k}={saved[k]!r} in {workdir / 'config.json'}, {getattr(config, k)!r} now"
+                     for k in RUN_DEFINING if k in saved and saved[k] != getattr(config, k)]
+        if conflicts:
+            raise RunError(
+                "these settings conflict with the run in this work dir: " + "; ".join(conflicts)
+                + ". Use another --workdir, or the saved settings to continue that run."
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir, kept
+
+
+def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> None:
+    """config.json: the settings (or `only` those), package versions and devices."""
+    if not is_primary():
+        return
+    settings = dataclasses.asdict(config)
+    record = {
+        "settings": {k: settings[k] for k in only} if only else settings,
+        **(extra or {}),
+        "versions": package_versions(),
+        "devices": [str(d) for d in jax.devices()],
+        "num_processes": jax.process_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "python": sys.version.split()[0],
+    }
+    write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per point; a resumed run drops points past its step."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        self.points = []
+        self.write = is_primary()  # one writer in a multi-process run
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    point = json.loads(line)
+                    if point["step"] <= resume_step:
+                        self.points.append(point)
+            if self.write:
+                write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
+
+    def add(self, point: dict) -> None:
+        self.points.append(point)
+        if not self.write:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(point) + "\n")
+            f.flush()
+
+
+def empty_totals() -> dict[str, np.ndarray]:
+    """A run's running totals over all its epochs (d2l's examples/sec and the wall time)."""
+    return {"train_seconds": np.float64(0.0), "train_examples": np.int64(0),
+            "wall_seconds": np.float64(0.0)}
+
+
+def checkpoint_tree(state: TrainState, epoch_metrics, totals) -> dict:
+    """What a checkpoint holds: the state, this epoch's metric sums so far, the totals."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "rng": state.rng, "epoch_metrics": epoch_metrics,
+            "totals": {k: np.asarray(v) for k, v in totals.items()}}
+
+
+def state_from_tree(state: TrainState, tree: dict) -> TrainState:
+    """`state` with what a restored checkpoint tree holds."""
+    return state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
+                         rng=tree["rng"])
