@@ -16,7 +16,8 @@ import time
 import jax
 
 from alexnet_jax.fashion_mnist import load_split
-from alexnet_jax.input_pipeline import DevicePipeline, HostPipeline, model_input
+from alexnet_jax.input_pipeline import DevicePipeline, HostPipeline
+from alexnet_jax.preprocess import model_input
 
 
 def time_batches(batches, consume, n: int) -> float:

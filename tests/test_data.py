@@ -22,10 +22,9 @@ from alexnet_jax.input_pipeline import (
     DevicePipeline,
     HostPipeline,
     epoch_order,
-    model_input,
     num_batches,
 )
-from alexnet_jax.preprocess import resize_uint8_jax, resize_uint8_tf
+from alexnet_jax.preprocess import model_input, resize_uint8_jax, resize_uint8_tf
 
 jit_model_input = jax.jit(model_input)
 jit_resize = jax.jit(resize_uint8_jax)
