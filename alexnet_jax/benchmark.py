@@ -134,8 +134,7 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
     state = put_replicated(create_train_state(build_model(), 0, 0.01), mesh)
     metrics = put_replicated(empty_metrics(), mesh)
     steps = jit_steps(mesh)
-    compile_s = compile_steps(steps, state, metrics, pipe)
-    train = steps.train
+    train, compile_s = compile_steps(steps, state, metrics, pipe)
     step_times = []
     t_epoch = time.perf_counter()
     for b in pipe.epoch(0):

@@ -7,7 +7,6 @@ the current epoch's metrics, which is all a resumed run needs to continue bit fo
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,11 +16,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-log = logging.getLogger(__name__)
-
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint: the message names the path and what was wrong."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """Proven damaged on disk, not merely unfit for this model or environment."""
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -73,27 +74,62 @@ def _prune_digests(mngr: ocp.CheckpointManager, step: int) -> None:
             path.unlink(missing_ok=True)
 
 
+def _layout(tree) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """keystr path -> (dtype, shape) of every array in `tree` (arrays or orbax metadata)."""
+    return {jax.tree_util.keystr(path): (str(np.dtype(leaf.dtype)), tuple(leaf.shape))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_fits(path: Path, target: dict[str, Any]) -> None:
+    """Raise CheckpointError (not corruption) when the saved tree cannot fill `target`."""
+    try:
+        metadata = ocp.StandardCheckpointer().metadata(path / "default")
+        saved = _layout(getattr(metadata, "item_metadata", metadata).tree)
+    except Exception as err:  # orbax raises many types for a damaged metadata file
+        raise CorruptCheckpoint(f"its metadata cannot be read ({type(err).__name__}: {err})") \
+            from err
+    wanted = _layout(target)
+    if saved == wanted:
+        return
+    if not jax.config.jax_enable_x64 and any(d == "float64" for d, _ in saved.values()):
+        raise CheckpointError(f"checkpoint {path} holds float64 arrays (a --dtype float64 run): "
+                              "set JAX_ENABLE_X64=1 to read it")
+    diffs = [f"{k}: saved {saved.get(k)}, expected {wanted.get(k)}"
+             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    raise CheckpointError(f"checkpoint {path} does not fit this model and settings: "
+                          + "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else ""))
+
+
 def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
+    path = Path(mngr.directory) / str(step)
+    _check_fits(path, target)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+        tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as err:  # its layout fits, so the bytes themselves are unreadable
+        raise CorruptCheckpoint(f"its arrays cannot be read ({type(err).__name__}: {err})") \
+            from err
     digest = _digest_path(mngr, step)
     if digest.is_file() and digest.read_text().strip() != tree_digest(tree):
-        raise CheckpointError("its arrays do not match the SHA-256 recorded when it was saved "
-                              f"({digest})")
+        raise CorruptCheckpoint("its arrays do not match the SHA-256 recorded when it was saved "
+                                f"({digest})")
     bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
            if np.issubdtype(np.asarray(leaf).dtype, np.floating)
            and not np.isfinite(np.asarray(leaf)).all()]
     if bad:
-        raise CheckpointError(f"non-finite values in {bad[:3]}")
+        raise CorruptCheckpoint(f"non-finite values in {bad[:3]}")
     return tree
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], strict: bool = False,
-                   step: int | None = None):
+def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
+                   quarantine: bool = False, strict: bool = False, step: int | None = None):
     """(step, tree) of the newest checkpoint that restores cleanly, or (None, None) if none.
 
-    A checkpoint that fails to restore (truncated, corrupted, wrong shapes) is reported with
-    its path; with `strict` that stops the run, otherwise the previous one is tried.
+    A checkpoint proven corrupt (unreadable bytes or metadata, a SHA-256 other than the one
+    recorded at save, non-finite values) is reported with its path and skipped; with
+    `quarantine` (only `train` asks) it is moved to corrupted_checkpoints/. With `strict`, or
+    a `step` asked for, it stops instead. A checkpoint that is sound but does not fit this
+    model or environment raises CheckpointError and is never moved: not its fault.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     if step is not None:
@@ -105,17 +141,22 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], strict: 
         path = Path(mngr.directory) / str(s)
         try:
             return s, _restore_one(mngr, s, target)
-        except Exception as err:  # orbax/tensorstore raise many types for damaged files
-            message = f"checkpoint {path} is unreadable or corrupted ({type(err).__name__}: {err})"
+        except CorruptCheckpoint as err:
+            message = f"checkpoint {path} is corrupted: {err}"
             if strict or step is not None:
                 raise CheckpointError(message) from err
-            aside = Path(mngr.directory).parent / "corrupted_checkpoints" / str(s)
-            if jax.process_index() == 0:
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(aside, ignore_errors=True)
-                path.rename(aside)  # out of orbax's way, kept for inspection
-            mngr.reload()
-            log.warning("%s; moved to %s; falling back to an earlier checkpoint", message, aside)
-            print(f"warning: {message}; moved it to {aside}; trying an earlier checkpoint",
-                  flush=True)
+            if quarantine:
+                message += f"; moved it to {_quarantine(mngr, path)}"
+            print(f"warning: {message}; trying an earlier checkpoint", flush=True)
     return None, None
+
+
+def _quarantine(mngr: ocp.CheckpointManager, path: Path) -> Path:
+    """Move a corrupt checkpoint out of orbax's way, kept for inspection."""
+    aside = Path(mngr.directory).parent / "corrupted_checkpoints" / path.name
+    if jax.process_index() == 0:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)
+    mngr.reload()
+    return aside

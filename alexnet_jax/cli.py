@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32",
                    help="computation dtype; parameters stay float32 (float64: parameters "
                    "too, for numerical checks; needs JAX_ENABLE_X64=1)")
+    t.add_argument("--restart", action="store_true",
+                   help="start this work dir's run over; its records move to replaced/TIME/")
     t.add_argument("--strict-checkpoints", action="store_true",
                    help="stop on a corrupted checkpoint instead of falling back to an earlier one")
     m = t.add_argument_group("several hosts", "data-parallel training over many processes "
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
         init_distributed(args.coordinator, args.num_processes, args.process_id,
                          auto=args.distributed)
-        train_and_evaluate(TrainConfig.from_dict(vars(args)))
+        train_and_evaluate(TrainConfig.from_dict(vars(args)), restart=args.restart)
         return 0
     if args.command == "benchmark":
         from .benchmark import main as benchmark_main
@@ -151,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # one clear line; the traceback only when asked
         if args.debug:
             raise
-        code = getattr(err, "exit_code", 1)
-        print(f"alexnet-jax: error: {err}", file=sys.stderr)
+        code = getattr(err, "exit_code", 1)  # 128 + N when stopped by signal N, on purpose
+        print(f"alexnet-jax: {'' if code > 128 else 'error: '}{err}", file=sys.stderr)
         return code
 
 

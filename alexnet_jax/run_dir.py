@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,9 @@ from .parallel import is_primary
 from .pool import max_pool
 from .steps import TrainState
 
+# What a run writes into its work dir (besides train.lock).
+RECORDS = ("config.json", "metrics.jsonl", "curves.png", "checkpoints", "checkpoint_digests",
+           "corrupted_checkpoints")
 # Settings that define a run: a work dir refuses to continue with other values.
 RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes")
 # --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
@@ -76,16 +80,29 @@ def build_model(dtype: str = "float32", num_classes: int = 10) -> AlexNet:
 
 
 def check_config(config: TrainConfig) -> None:
-    for name in ("epochs", "batch_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
-                             f"got {getattr(config, name)}")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise ValueError(f"--lr must be a positive number, got {config.lr}")
+    """Refuse, before anything is written, settings that cannot give the run they describe."""
+    if not str(config.workdir).strip():
+        raise ValueError("--workdir must name a folder; got an empty string")
+    for name in ("epochs", "batch_size", "keep_checkpoints", "checkpoint_every_steps",
+                 "limit_train", "limit_test"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if config.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {config.dtype}")
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("--dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise ValueError(f"--lr must be a positive number, got {config.lr}")
+    limits = np.finfo(np.dtype(DTYPES[config.dtype][1]))
+    if not limits.tiny <= config.lr <= limits.max:
+        raise ValueError(
+            f"--lr {config.lr} is {'0' if config.lr < limits.tiny else 'inf'} in the "
+            f"{limits.dtype} parameters (XLA flushes subnormals to 0), so the run would not "
+            f"train; use an lr from {limits.tiny:.3g} to {limits.max:.3g}")
+    if not 0 <= config.seed < 2**63:
+        raise ValueError(f"--seed must be from 0 to 2**63 - 1 (what JAX's and NumPy's random "
+                         f"generators take), got {config.seed}")
 
 
 def package_versions(names=("alexnet-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
@@ -106,7 +123,15 @@ def read_config(workdir: str | Path) -> dict:
         raise RunError(f"work dir {workdir} does not exist; train or convert into it first")
     if not path.is_file():
         raise RunError(f"{path} is missing: {workdir} is not a work dir of alexnet-jax")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and isinstance(record.get("settings"), dict):
+            return record
+        problem = "it holds no settings"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    raise RunError(f"{path} cannot be read ({problem}); it records the run's settings: restore "
+                   "it, or start the run over with `train --restart` (the old records are kept)")
 
 
 def saved_config(workdir: str | Path) -> TrainConfig:
@@ -114,27 +139,26 @@ def saved_config(workdir: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(read_config(workdir)["settings"])
 
 
-def prepare_workdir(config: TrainConfig) -> tuple[Path, dict]:
-    """Create the work dir, or check that its config.json describes this same run.
+def continued_records(config: TrainConfig) -> dict:
+    """Check that the work dir's config.json (if any) describes this same run.
 
-    Returns the work dir and what its config.json records besides the settings that a new
-    config.json must keep (where a converted checkpoint came from).
+    Returns what it records besides the settings that a new config.json must keep (where a
+    converted checkpoint came from).
     """
     workdir = Path(config.workdir)
-    kept = {}
-    if (workdir / "config.json").exists():
-        record = read_config(workdir)
-        saved = record["settings"]
-        kept = {k: v for k, v in record.items() if k == "converted_from"}
-        conflicts = [f"{k}={saved[k]!r} in {workdir / 'config.json'}, {getattr(config, k)!r} now"
-                     for k in RUN_DEFINING if k in saved and saved[k] != getattr(config, k)]
-        if conflicts:
-            raise RunError(
-                "these settings conflict with the run in this work dir: " + "; ".join(conflicts)
-                + ". Use another --workdir, or the saved settings to continue that run."
-            )
-    workdir.mkdir(parents=True, exist_ok=True)
-    return workdir, kept
+    if not (workdir / "config.json").exists():
+        return {}
+    record = read_config(workdir)
+    saved = record["settings"]
+    conflicts = [f"{k}={saved[k]!r} in {workdir / 'config.json'}, {getattr(config, k)!r} now"
+                 for k in RUN_DEFINING if k in saved and saved[k] != getattr(config, k)]
+    if conflicts:
+        raise RunError(
+            "these settings conflict with the run in this work dir: " + "; ".join(conflicts)
+            + ". Use another --workdir, the saved settings to continue that run, or --restart "
+            "to start it over (its records are kept aside)."
+        )
+    return {k: v for k, v in record.items() if k == "converted_from"}
 
 
 def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> None:
@@ -154,6 +178,18 @@ def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> N
     write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
+def set_aside(workdir: Path) -> Path | None:
+    """`train --restart`: move the run's records to WORKDIR/replaced/TIME/; nothing is lost."""
+    present = [workdir / name for name in RECORDS if (workdir / name).exists()]
+    if not present:
+        return None
+    aside = workdir / "replaced" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside.mkdir(parents=True)
+    for path in present:
+        path.rename(aside / path.name)
+    return aside
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -163,18 +199,25 @@ def write_atomic(path: Path, text: str) -> None:
 class MetricsLog:
     """metrics.jsonl: one JSON object per point; a resumed run drops points past its step."""
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, out=print):
         self.path = path
         self.points = []
         self.write = is_primary()  # one writer in a multi-process run
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    point = json.loads(line)
-                    if point["step"] <= resume_step:
-                        self.points.append(point)
-            if self.write:
-                write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
+        lines = path.read_text().splitlines() if path.exists() else []
+        for number, line in enumerate(lines, start=1):
+            try:
+                point = json.loads(line)
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise RunError(
+                        f"{path}, line {number}, is damaged: {line[:60]!r}; delete that line, "
+                        "or start the run over with `train --restart`") from None
+                out(f"note: dropped the torn last line of {path} (a crash mid-write)")
+                continue
+            if point["step"] <= resume_step:
+                self.points.append(point)
+        if lines and self.write:
+            write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
 
     def add(self, point: dict) -> None:
         self.points.append(point)

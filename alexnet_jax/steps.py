@@ -110,14 +110,23 @@ def jit_steps(mesh: Mesh) -> Steps:
     )
 
 
-def compile_steps(steps: Steps, state, metrics, pipeline) -> float:
-    """Compile the train step for each batch shape of `pipeline` ahead of time, so no timed
-    step compiles; returns the seconds it took."""
+def compile_steps(steps: Steps, state, metrics, pipeline):
+    """The train step compiled ahead of time for every batch shape of `pipeline`, so that no
+    timed step compiles: (a step taking any of those batches, seconds spent compiling).
+
+    The executables are called directly: calling the jitted function instead would compile
+    the step again on its first timed call.
+    """
     t0 = time.perf_counter()
+    compiled = {}
     for size in sorted(pipeline.batch_sizes()):
         images, labels = batch_spec(pipeline.kind, size)
-        steps.train.lower(state, images, labels, metrics).compile()
-    return time.perf_counter() - t0
+        compiled[size] = steps.train.lower(state, images, labels, metrics).compile()
+
+    def train(state, images, labels, metrics):
+        return compiled[images.shape[0]](state, images, labels, metrics)
+
+    return train, time.perf_counter() - t0
 
 
 def evaluate(state: TrainState, pipeline) -> dict[str, float]:

@@ -67,8 +67,21 @@ def expected_torch_shapes(num_classes: int = 10) -> dict[str, tuple[int, ...]]:
 
 
 def _num_classes_of(state: dict[str, Any]) -> int:
-    bias = state.get(f"{TORCH_INDEX['fc3']}.bias")
-    return int(bias.shape[0]) if bias is not None and len(bias.shape) == 1 else 10
+    shape = tuple(getattr(state.get(f"{TORCH_INDEX['fc3']}.bias"), "shape", ()))
+    return int(shape[0]) if len(shape) == 1 else 10
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    """What makes `value` unusable as a float parameter, or None."""
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        return f"{key} is a {type(value).__name__}, not a tensor"
+    floating = value.is_floating_point() if hasattr(value, "is_floating_point") \
+        else np.issubdtype(value.dtype, np.floating)
+    if not floating:
+        return f"{key} has dtype {value.dtype}; parameters are floating point"
+    finite = bool(value.isfinite().all()) if hasattr(value, "isfinite") \
+        else bool(np.isfinite(value).all())
+    return None if finite else f"{key} holds NaN or infinite values"
 
 
 def check_state_dict(state_dict: dict[str, Any]) -> None:
@@ -87,10 +100,12 @@ def check_state_dict(state_dict: dict[str, Any]) -> None:
     if unexpected:
         problems.append(f"unexpected keys {unexpected}")
     for key, shape in expected.items():
-        if key in state_dict:
-            got = tuple(getattr(state_dict[key], "shape", ()))
-            if got != shape:
-                problems.append(f"{key} has shape {got}, expected {shape}")
+        if key not in state_dict:
+            continue
+        got = tuple(getattr(state_dict[key], "shape", ()))
+        problem = _value_problem(key, state_dict[key])
+        if problem or got != shape:
+            problems.append(problem or f"{key} has shape {got}, expected {shape}")
     if problems:
         raise StateDictError(
             "not a state dict of d2l's AlexNet nn.Sequential: " + "; ".join(problems)

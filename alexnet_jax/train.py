@@ -7,9 +7,7 @@ same command on the same work dir resumes exactly where the last checkpoint left
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,40 +18,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoints, run_dir
+from . import checkpoints, run_dir, workdir_lock
 from .fashion_mnist import load_split
 from .input_pipeline import make_pipeline
 from .parallel import check_batch_size, device_name, is_primary, make_mesh, put_replicated
 from .plots import plot_curves
 from .run_dir import RunError, TrainConfig
 from .steps import TrainState, compile_steps, create_train_state, empty_metrics, evaluate, jit_steps
-
-
-class Interrupted(RunError):
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class SignalFlag:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+from .stops import Interrupted, SignalFlag
 
 
 @dataclass
@@ -62,7 +34,6 @@ class Run:
 
     config: TrainConfig
     workdir: Path
-    steps: Any  # steps.Steps, compiled for the mesh
     train_pipe: Any
     test_pipe: Any
     mngr: Any  # the orbax CheckpointManager
@@ -72,6 +43,7 @@ class Run:
     out: Any
     flag: SignalFlag | None = None
     last_saved: int = 0
+    train_step: Any = None  # compiled ahead of time for each batch shape
 
     @property
     def steps_per_epoch(self) -> int:
@@ -88,8 +60,11 @@ class Run:
         self.last_saved = step
 
 
-def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict]:
-    """Train (or resume) the run in config.workdir; return the final state and metrics."""
+def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
+    """Train (or resume) the run in config.workdir; return the final state and metrics.
+
+    One train per work dir (a lock); a start that fails leaves no trace in a new work dir.
+    """
     run_dir.check_config(config)
     mesh = make_mesh()
     try:
@@ -97,7 +72,17 @@ def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict
     except ValueError as err:
         raise RunError(str(err)) from None
     out = out if is_primary() else (lambda *args: None)  # one process prints
-    workdir, provenance = run_dir.prepare_workdir(config)
+    with workdir_lock.claim(Path(config.workdir), is_primary()) as started:
+        run, state, epoch_metrics = start(config, Path(config.workdir), mesh, out, restart)
+        started()
+        return train_epochs(run, state, epoch_metrics)
+
+
+def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
+    """Data, pipelines, the fresh or restored state, config.json: the run ready to train."""
+    if restart and (aside := run_dir.set_aside(workdir)):
+        out(f"starting over: the earlier run's records are in {aside}")
+    provenance = run_dir.continued_records(config)
     splits = [load_split(name, config.source, config.data_dir, config.manual_dir).head(limit)
               for name, limit in (("train", config.limit_train), ("test", config.limit_test))]
     train_pipe, test_pipe = (make_pipeline(config.pipeline, split, config.batch_size, shuffle,
@@ -109,35 +94,50 @@ def train_and_evaluate(config: TrainConfig, out=print) -> tuple[TrainState, dict
     totals = run_dir.empty_totals()
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     target = run_dir.checkpoint_tree(state, epoch_metrics, totals)
-    step, restored = checkpoints.restore_latest(mngr, target, strict=config.strict_checkpoints)
+    saved = mngr.all_steps()
+    step, restored = checkpoints.restore_latest(mngr, target, quarantine=True,
+                                                strict=config.strict_checkpoints)
     if restored is not None:
         state = run_dir.state_from_tree(state, restored)
         epoch_metrics, totals = restored["epoch_metrics"], restored["totals"]
         out(f"resuming from the checkpoint at step {step} (epoch "
             f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
+    elif saved:
+        mngr.close()
+        raise RunError(f"every checkpoint in {checkpoints.checkpoint_dir(workdir)} is corrupted "
+                       "(moved to corrupted_checkpoints/), so nothing was retrained; run the same "
+                       "command with --restart to start this run over")
     run_dir.write_config(workdir, config, extra=provenance)
     start_step = int(state.step)
-    run = Run(config, workdir, jit_steps(mesh), train_pipe, test_pipe, mngr,
-              run_dir.MetricsLog(workdir / "metrics.jsonl", resume_step=start_step), totals,
+    log = run_dir.MetricsLog(workdir / "metrics.jsonl", resume_step=start_step, out=out)
+    run = Run(config, workdir, train_pipe, test_pipe, mngr, log, totals,
               time.perf_counter() - float(totals["wall_seconds"]), out, last_saved=start_step)
-    if start_step >= run.total_steps:
-        out(f"this run is finished ({start_step} steps of {run.total_steps}); nothing to train")
-        mngr.close()
-        return state, report(run)
+    return run, state, epoch_metrics
 
-    seconds = compile_steps(run.steps, state, epoch_metrics, train_pipe)
-    out(f"compiled the train step in {seconds:.1f} s (not counted in examples/sec)")
+
+def train_epochs(run: Run, state, epoch_metrics):
+    """The epochs left to train; d2l's closing report."""
+    start_step = int(state.step)
+    if start_step >= run.total_steps:
+        run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing to train")
+        run.mngr.close()
+        return state, report(run)
+    run.train_step, seconds = compile_steps(jit_steps(run.train_pipe.mesh), state, epoch_metrics,
+                                            run.train_pipe)
+    run.out(f"compiled the train step in {seconds:.1f} s (not counted in examples/sec)")
     try:
         with SignalFlag() as run.flag:
-            for epoch in range(start_step // run.steps_per_epoch, config.epochs):
+            for epoch in range(start_step // run.steps_per_epoch, run.config.epochs):
                 first = max(start_step - epoch * run.steps_per_epoch, 0)
                 state, epoch_metrics, seconds = train_epoch(run, state, epoch_metrics, epoch,
                                                             first)
                 epoch_metrics = end_epoch(run, state, epoch_metrics, epoch,
                                           seconds if first == 0 else None)
+                if run.flag.signum is not None and epoch + 1 < run.config.epochs:
+                    stop(run)  # at an epoch's end, after its test accuracy and checkpoint
     finally:
-        mngr.wait_until_finished()
-        mngr.close()
+        run.mngr.wait_until_finished()
+        run.mngr.close()
     return state, report(run)
 
 
@@ -150,7 +150,7 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
     step_seconds = 0.0
     for i, batch in enumerate(run.train_pipe.epoch(epoch, first), start=first):
         t0 = time.perf_counter()
-        state, epoch_metrics = run.steps.train(state, batch.images, batch.labels, epoch_metrics)
+        state, epoch_metrics = run.train_step(state, batch.images, batch.labels, epoch_metrics)
         jax.block_until_ready(epoch_metrics)
         dt = time.perf_counter() - t0
         step_seconds += dt
@@ -168,10 +168,10 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
                 if not tty:
                     run.out(progress_line(point, run.total_steps))
         every = run.config.checkpoint_every_steps
-        if run.flag.signum is not None or (every and global_step % every == 0 and not last):
+        if not last and (run.flag.signum is not None or (every and global_step % every == 0)):
             run.save(global_step, state, epoch_metrics)
-        if run.flag.signum is not None:
-            stop(run)
+        if not last and run.flag.signum is not None:
+            stop(run)  # at an epoch's last step, end_epoch comes first
     bar.close()
     return state, epoch_metrics, step_seconds
 
@@ -180,9 +180,9 @@ def stop(run: Run) -> None:
     """Raise Interrupted once the checkpoint the signal asked for is on disk."""
     run.mngr.wait_until_finished()
     raise Interrupted(
-        f"stopped by {signal.Signals(run.flag.signum).name} at step {run.last_saved}; "
-        f"checkpoint saved in {checkpoints.checkpoint_dir(run.workdir)}. Run the same command "
-        "to resume.", run.flag.signum)
+        f"stopped by {run.flag.name} at step {run.last_saved} of {run.total_steps}; checkpoint "
+        f"saved in {checkpoints.checkpoint_dir(run.workdir)}. Run the same command to resume.",
+        run.flag.signum)
 
 
 def end_epoch(run: Run, state, epoch_metrics, epoch: int, step_seconds: float | None):

@@ -24,6 +24,8 @@ from .run_dir import (
 )
 from .steps import TrainState, create_train_state, empty_metrics, evaluate
 
+PREDICT_BATCH = 128  # images per forward pass: bounds predict's memory whatever --num is
+
 
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
     """The train state of a work dir's checkpoint (the latest when step is None)."""
@@ -51,14 +53,20 @@ def evaluate_command(args) -> None:
           f"{result['acc']:.4f} on {result['count']} test images")
 
 
+def predict_classes(state: TrainState, images: np.ndarray, batch: int = PREDICT_BATCH):
+    """Predicted classes of uint8 28x28 `images`, `batch` at a time (bounded memory)."""
+    classify = jax.jit(lambda params, x: jax.numpy.argmax(
+        state.apply_fn({"params": params}, model_input(x), train=False), -1))
+    return np.concatenate([np.asarray(classify(state.params, images[i:i + batch]))
+                           for i in range(0, len(images), batch)])
+
+
 def predict_command(args) -> None:
     from .plots import plot_predictions
 
     state, step = load_state(args.workdir, args.step)
     split = load_split("test", args.source, args.data_dir, args.manual_dir).head(args.num)
-    logits = state.apply_fn({"params": state.params}, model_input(jax.numpy.asarray(
-        split.images)), train=False)
-    predicted = np.asarray(jax.numpy.argmax(logits, -1))
+    predicted = predict_classes(state, split.images)
     titles = [f"{CLASS_NAMES[t]}\n{CLASS_NAMES[p]}" for t, p in zip(split.labels, predicted)]
     plot_predictions(split.images, titles, args.out)
     print(f"checkpoint step {step}; true -> predicted for the first {len(titles)} test images:")
@@ -90,11 +98,16 @@ def convert_command(args) -> None:
         raise RunError(f"{source} is not a PyTorch state dict saved with torch.save "
                        f"({type(err).__name__}: {err})") from err
     params = params_from_torch(state_dict)
+    classes = params["fc3"]["bias"].shape[0]
+    if classes != len(CLASS_NAMES):
+        raise RunError(f"{source} has a {classes}-class head ('20.bias' of shape ({classes},)); "
+                       f"Fashion-MNIST has {len(CLASS_NAMES)} classes, so it cannot be evaluated "
+                       "or trained here")
     workdir = Path(args.workdir)
     if checkpoints.checkpoint_dir(workdir).exists() and any(
             checkpoints.checkpoint_dir(workdir).iterdir()):
         raise RunError(f"{workdir} already holds checkpoints; convert into a new work dir")
-    config = TrainConfig(workdir=str(workdir), num_classes=params["fc3"]["bias"].shape[0])
+    config = TrainConfig(workdir=str(workdir), num_classes=classes)
     state = create_train_state(build_model(config.dtype, config.num_classes), config.seed,
                                config.lr, params=params)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,24 @@ def train_args(workdir, data, epochs=2, *extra) -> list[str]:
             str(data), *SMALL_RUN, *extra]
 
 
+TINY_RUN = ["--limit-train", "12", "--limit-test", "4", "--batch-size", "4", "--source", "idx"]
+
+
+def tiny_args(workdir, data, epochs=2, *extra) -> list[str]:
+    """The smallest real-data run: 3 steps of 4 images per epoch, 4 test images."""
+    return ["train", "--workdir", str(workdir), "--epochs", str(epochs), "--manual-dir",
+            str(data), *TINY_RUN, *extra]
+
+
+def run_record(workdir) -> list[dict]:
+    """metrics.jsonl without its timings: what must be equal between two runs of one config."""
+    import json
+
+    timing = {"wall_seconds", "examples_per_sec", "epoch_examples_per_sec"}
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
 def params_of(workdir):
     from alexnet_jax.workdir_tools import load_state
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_params, params_of, train_args
+from conftest import assert_same_params, params_of, run_record, tiny_args, train_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +21,12 @@ def steps_saved(workdir: Path) -> list[int]:
     ckpt = workdir / "checkpoints"
     return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() \
         else []
+
+
+def steps_committed(workdir: Path) -> list[int]:
+    """Checkpoints orbax has finished writing (its commit marker is in place)."""
+    return [s for s in steps_saved(workdir)
+            if (workdir / "checkpoints" / str(s) / "commit_success.txt").is_file()]
 
 
 def start_training(workdir, data, *extra):
@@ -106,17 +112,39 @@ def test_corrupted_checkpoint_is_detected(fashion_mnist_dir, tmp_path, how, caps
     latest = steps_saved(workdir)[-1]
     _corrupt_array_data(workdir / "checkpoints" / str(latest), how)
     capsys.readouterr()
+    # read-only: reports it, falls back, moves nothing
+    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
+                 "--limit-test", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoints/{latest} is corrupted" in out and "moved" not in out
+    assert steps_saved(workdir)[-1] == latest and not (workdir / "corrupted_checkpoints").exists()
     # strict: stop with the path named
     assert main(train_args(workdir, fashion_mnist_dir, 2, "--strict-checkpoints")) == 1
     err = capsys.readouterr().err
     assert f"checkpoints/{latest}" in err and "corrupted" in err
-    # default: fall back to the previous good checkpoint and train on from there
+    # default: quarantine it, fall back to the previous good checkpoint and train on from there
     assert main(train_args(workdir, fashion_mnist_dir, 2)) == 0
     out = capsys.readouterr().out
-    assert f"checkpoints/{latest} is unreadable or corrupted" in out
+    assert f"checkpoints/{latest} is corrupted" in out and "moved it to" in out
+    assert (workdir / "corrupted_checkpoints" / str(latest)).is_dir()
     assert "resuming from the checkpoint at step" in out
     assert f"step {latest}" not in out.split("resuming from the checkpoint at")[1].splitlines()[0]
     assert_same_params(params_of(workdir), good)  # retrained the lost step to the same result
+    if how == "flip":
+        return
+    # every checkpoint bad: stop and say how to start over, instead of retraining silently
+    for step in steps_saved(workdir):
+        _corrupt_array_data(workdir / "checkpoints" / str(step), how)
+    capsys.readouterr()
+    assert main(train_args(workdir, fashion_mnist_dir, 2)) == 1
+    err = capsys.readouterr().err
+    assert "every checkpoint" in err and "--restart" in err and len(err.splitlines()) == 1
+    assert (workdir / "metrics.jsonl").read_text()  # the run's records are still there
+    assert main(train_args(workdir, fashion_mnist_dir, 1, "--restart")) == 0
+    assert "starting over: the earlier run's records are in" in capsys.readouterr().out
+    aside = next((workdir / "replaced").iterdir())
+    assert {"metrics.jsonl", "config.json", "corrupted_checkpoints"} <= {
+        p.name for p in aside.iterdir()}
 
 
 def test_disk_full_while_saving_keeps_earlier_checkpoints(fashion_mnist_dir, tmp_path,
@@ -208,3 +236,254 @@ def test_bad_data_dir_is_one_line(tmp_path, capsys):
     first = err.splitlines()[0]
     assert code == 1 and "does not exist" in first and "Traceback" not in err
     assert "t10k-labels-idx1-ubyte.gz" in err  # then the files and sums to put there
+
+
+# ---- one train per work dir; read-only commands never change a run ----
+
+
+def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    assert main(tiny_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")) == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from alexnet_jax.workdir_lock import hold\n"
+         "with hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+         str(workdir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = (workdir / "config.json").read_text()
+        capsys.readouterr()
+        assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "in use by another train" in err
+        assert len(err.splitlines()) == 1 and (workdir / "config.json").read_text() == config
+        # read-only commands work while the lock is held
+        assert main(["evaluate", "--workdir", str(workdir), "--manual-dir",
+                     str(fashion_mnist_dir), "--limit-test", "4"]) == 0
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock with it
+        holder.wait()
+    from alexnet_jax.workdir_lock import hold
+
+    with hold(workdir):
+        pass
+
+
+def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_dir, tmp_path,
+                                                               capsys):
+    workdir = tmp_path / "f64"
+    cmd = [sys.executable, "-m", "alexnet_jax.cli",
+           *tiny_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4", "--dtype", "float64")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_ENABLE_X64": "1"})
+    assert done.returncode == 0, done.stderr
+    before = steps_saved(workdir)
+    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir)]) \
+        == 1
+    err = capsys.readouterr().err
+    assert "set JAX_ENABLE_X64=1" in err and len(err.splitlines()) == 1
+    assert steps_saved(workdir) == before and not (workdir / "corrupted_checkpoints").exists()
+    assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4", "--dtype",
+                          "float64")) == 1
+    assert "JAX_ENABLE_X64=1" in capsys.readouterr().err
+    assert steps_saved(workdir) == before
+
+
+# ---- a stop anywhere resumes to the run that never stopped ----
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(fashion_mnist_dir, tmp_path_factory):
+    """An uninterrupted tiny 2-epoch run: params, metrics and closing lines."""
+    workdir = tmp_path_factory.mktemp("tiny") / "w"
+    return finished(workdir, fashion_mnist_dir)
+
+
+def finished(workdir, data) -> tuple:
+    """Run the tiny command to the end in `workdir`; what two equal runs share."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(tiny_args(workdir, data)) == 0
+    closing = [line for line in out.getvalue().splitlines() if line.startswith("loss ")]
+    return params_of(workdir), run_record(workdir), closing
+
+
+def assert_same_run(got, reference) -> None:
+    assert_same_params(got[0], reference[0])
+    assert got[1] == reference[1]  # every metrics point, test accuracies included
+    assert got[2] == reference[2]  # d2l's closing line
+
+
+@pytest.mark.parametrize("stop_after", range(1, 7))
+def test_stop_at_any_step_resumes_to_the_same_run(stop_after, fashion_mnist_dir, tmp_path,
+                                                   tiny_reference, monkeypatch):
+    """SIGTERM after step 1..6 of 6 (3 and 6 end an epoch, 6 ends the run), then the same
+    command again: the same metrics, test accuracies, closing line and parameters."""
+    from alexnet_jax import train
+
+    real_compile = train.compile_steps
+
+    def compile_and_stop(*args):
+        step, seconds = real_compile(*args)
+        calls = []
+
+        def step_then_signal(*step_args):
+            result = step(*step_args)
+            calls.append(1)
+            if len(calls) == stop_after:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return result
+
+        return step_then_signal, seconds
+
+    workdir = tmp_path / "w"
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "compile_steps", compile_and_stop)
+        code = main(tiny_args(workdir, fashion_mnist_dir))
+    assert code == (0 if stop_after == 6 else 128 + signal.SIGTERM)
+    assert_same_run(finished(workdir, fashion_mnist_dir), tiny_reference)
+
+
+def _wait_for_line(proc, text: str, timeout: float) -> bool:
+    """Read proc's stdout until a line contains `text` (True), it ends, or time runs out."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                return False
+            if text in line:
+                return True
+    return False
+
+
+def test_sigkill_at_random_moments_ends_bit_identical(fashion_mnist_dir, tmp_path,
+                                                      tiny_reference):
+    """SIGKILL at 8 random moments (a quarter in start-up, the rest within the first step or
+    after one more checkpoint), checkpointing every step; restarted each time, the run ends
+    bit-identical."""
+    import random
+
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "alexnet_jax.cli",
+           *tiny_args(workdir, fashion_mnist_dir, 2, "--checkpoint-every-steps", "1")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    moments = random.Random(1)  # this seed kills 4 times after a new checkpoint
+    kills, progress = 0, []
+    for _ in range(20):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        saved = steps_committed(workdir)
+        if moments.random() < 0.25:  # in start-up: data, restore, compile
+            time.sleep(moments.uniform(0.5, 3.0))
+        elif _wait_for_line(proc, "compiled the train step", 240):
+            if moments.random() < 0.6:  # once one more is saved, else within the first step
+                wait_for(lambda saved=saved: steps_committed(workdir) != saved, proc, 120)
+            time.sleep(moments.uniform(0.0, 0.4))
+        kills += proc.poll() is None
+        proc.kill()
+        _, err = proc.communicate()
+        assert proc.returncode in (0, -signal.SIGKILL), err
+        progress.append(max(steps_committed(workdir), default=0))
+        if kills == 8:
+            break
+    assert kills == 8, progress
+    assert len({p for p in progress if 0 < p < 6}) >= 2, progress  # killed mid-run, twice+
+    assert_same_run(finished(workdir, fashion_mnist_dir), tiny_reference)
+
+
+# ---- bad state dicts, bad settings, damaged records: one line, nothing written ----
+
+
+def _bad_state_dicts():
+    import torch
+
+    from alexnet_jax.d2l_reference import d2l_alexnet
+
+    base = d2l_alexnet().state_dict()
+
+    def changed(key, value):
+        return {**base, key: value}
+
+    nan = base["3.weight"].clone()
+    nan[0, 0, 0, 0] = float("nan")
+    inf = base["14.bias"].clone()
+    inf[7] = float("inf")
+    yield "nan", changed("3.weight", nan), "3.weight holds NaN or infinite values"
+    yield "inf", changed("14.bias", inf), "14.bias holds NaN or infinite values"
+    yield "int64", changed("0.bias", base["0.bias"].long()), "0.bias has dtype torch.int64"
+    yield "five", {**base, "20.weight": torch.zeros(5, 4096), "20.bias": torch.zeros(5)}, \
+        "a 5-class head"
+    yield "strings", {k: "x" for k in base}, "0.weight is a str, not a tensor"
+
+
+def test_convert_refuses_weights_that_cannot_work(tmp_path, capsys):
+    import torch
+
+    for name, state_dict, words in _bad_state_dicts():
+        pt = tmp_path / f"{name}.pt"
+        torch.save(state_dict, pt)
+        workdir = tmp_path / name
+        assert main(["convert", "--from-torch", str(pt), "--workdir", str(workdir)]) == 1, name
+        err = capsys.readouterr().err
+        assert words in err and len(err.splitlines()) == 1, (name, err)
+        assert not workdir.exists(), name
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "1e-46"], "--lr 1e-46 is 0 in the float32 parameters"),
+    (["--lr", "1e-40"], "is 0 in the float32"),  # a subnormal: flushed to 0
+    (["--seed", str(2**70)], "--seed must be from 0 to 2**63 - 1"),
+    (["--seed", "-1"], "--seed must be from 0 to 2**63 - 1"),
+    (["--workdir", ""], "--workdir must name a folder"),
+    (["--source", "idx", "--manual-dir", "/nonexistent/fashion-mnist"], "does not exist"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(flags, words, fashion_mnist_dir,
+                                                             tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "new"
+    args = tiny_args(workdir, fashion_mnist_dir, 1)
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no work dir, nothing in the current directory
+
+
+def test_damaged_records_are_named_and_a_torn_line_is_dropped(fashion_mnist_dir, tmp_path,
+                                                              capsys):
+    workdir = tmp_path / "w"
+    one_epoch = tiny_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")
+    assert main(one_epoch) == 0
+    config = workdir / "config.json"
+    good = config.read_text()
+    for damage in (good[: len(good) // 2], "garbage", "[]"):
+        config.write_text(damage)
+        for argv in (one_epoch, ["evaluate", "--workdir", str(workdir)]):
+            capsys.readouterr()
+            assert main(argv) == 1
+            err = capsys.readouterr().err
+            assert f"{config} cannot be read" in err and "--restart" in err
+            assert len(err.splitlines()) == 1
+    config.write_text(good)
+    metrics = workdir / "metrics.jsonl"
+    lines = metrics.read_text()
+    metrics.write_text("{\"epoch\": 1.0, \"st\n" + lines)
+    capsys.readouterr()
+    assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
+    err = capsys.readouterr().err
+    assert f"{metrics}, line 1, is damaged" in err and len(err.splitlines()) == 1
+    metrics.write_text(lines + '{"epoch": 1.5, "step": 2, "train_lo')  # a crash mid-write
+    assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 0
+    assert "dropped the torn last line" in capsys.readouterr().out
+    assert [p["step"] for p in run_record(workdir)] == [1, 2]
