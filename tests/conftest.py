@@ -93,22 +93,13 @@ def d2l_images(split, start: int, n: int) -> np.ndarray:
     return (pillow_resize(split.images[start:start + n]).astype(np.float32) / 255.0)[..., None]
 
 
-SMALL_RUN = ["--limit-train", "48", "--limit-test", "16", "--batch-size", "16", "--source", "idx"]
+SMALL_RUN = ["--limit-train", "12", "--limit-test", "4", "--batch-size", "4", "--source", "idx"]
 
 
 def train_args(workdir, data, epochs=2, *extra) -> list[str]:
-    """A small real-data run: 3 steps of 16 images per epoch."""
+    """A small real-data run: 3 steps of 4 images per epoch, 4 test images."""
     return ["train", "--workdir", str(workdir), "--epochs", str(epochs), "--manual-dir",
             str(data), *SMALL_RUN, *extra]
-
-
-TINY_RUN = ["--limit-train", "12", "--limit-test", "4", "--batch-size", "4", "--source", "idx"]
-
-
-def tiny_args(workdir, data, epochs=2, *extra) -> list[str]:
-    """The smallest real-data run: 3 steps of 4 images per epoch, 4 test images."""
-    return ["train", "--workdir", str(workdir), "--epochs", str(epochs), "--manual-dir",
-            str(data), *TINY_RUN, *extra]
 
 
 def run_record(workdir) -> list[dict]:
@@ -126,14 +117,31 @@ def params_of(workdir):
     return jax.device_get(load_state(workdir)[0].params)
 
 
-@pytest.fixture(scope="session")
-def reference_params(fashion_mnist_dir, tmp_path_factory):
-    """Final params of an uninterrupted 2-epoch small run, to compare resumed runs with."""
+def finished(workdir, data) -> tuple:
+    """Run the small 2-epoch command to its end in `workdir`; what two equal runs share:
+    params, metrics points without timings, d2l's closing line."""
+    import contextlib
+    import io
+
     from alexnet_jax.cli import main
 
-    workdir = tmp_path_factory.mktemp("reference") / "w"
-    assert main(train_args(workdir, fashion_mnist_dir)) == 0
-    return params_of(workdir)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(train_args(workdir, data)) == 0
+    closing = [line for line in out.getvalue().splitlines() if line.startswith("loss ")]
+    return params_of(workdir), run_record(workdir), closing
+
+
+@pytest.fixture(scope="session")
+def reference_run(fashion_mnist_dir, tmp_path_factory):
+    """An uninterrupted small 2-epoch run, to compare stopped and resumed runs with."""
+    return finished(tmp_path_factory.mktemp("reference") / "w", fashion_mnist_dir)
+
+
+def assert_same_run(got, reference) -> None:
+    assert_same_params(got[0], reference[0])
+    assert got[1] == reference[1]  # every metrics point, test accuracies included
+    assert got[2] == reference[2]  # d2l's closing line
 
 
 def assert_same_params(a, b) -> None:

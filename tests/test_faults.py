@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_params, params_of, run_record, tiny_args, train_args
+from conftest import (
+    assert_same_params,
+    assert_same_run,
+    finished,
+    params_of,
+    run_record,
+    train_args,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,7 +51,7 @@ def wait_for(predicate, proc, timeout=240.0, poll=0.01):
 
 
 def test_sigterm_checkpoints_the_current_step_and_resumes(fashion_mnist_dir, tmp_path,
-                                                          reference_params):
+                                                          reference_run):
     workdir = tmp_path / "term"
     proc = start_training(workdir, fashion_mnist_dir)
     # Wait for the first logged step (metrics.jsonl gets a line), then interrupt mid-epoch.
@@ -56,8 +63,7 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(fashion_mnist_dir, tmp
     assert "stopped by SIGTERM at step" in err and "Traceback" not in err
     saved = steps_saved(workdir)
     assert saved and saved[-1] not in (3, 6), saved  # a mid-epoch step, not an epoch end
-    assert main(train_args(workdir, fashion_mnist_dir)) == 0
-    assert_same_params(params_of(workdir), reference_params)
+    assert_same_run(finished(workdir, fashion_mnist_dir), reference_run)
 
 
 def test_sigkill_inside_a_save_falls_back_to_the_previous_checkpoint(fashion_mnist_dir,
@@ -243,7 +249,7 @@ def test_bad_data_dir_is_one_line(tmp_path, capsys):
 
 def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, capsys):
     workdir = tmp_path / "w"
-    assert main(tiny_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")) == 0
+    assert main(train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")) == 0
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from alexnet_jax.workdir_lock import hold\n"
@@ -253,7 +259,7 @@ def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, c
         assert holder.stdout.readline().strip() == "held"
         config = (workdir / "config.json").read_text()
         capsys.readouterr()
-        assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
+        assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
         err = capsys.readouterr().err
         assert f"pid {holder.pid}" in err and "in use by another train" in err
         assert len(err.splitlines()) == 1 and (workdir / "config.json").read_text() == config
@@ -273,7 +279,7 @@ def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_di
                                                                capsys):
     workdir = tmp_path / "f64"
     cmd = [sys.executable, "-m", "alexnet_jax.cli",
-           *tiny_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4", "--dtype", "float64")]
+           *train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4", "--dtype", "float64")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "JAX_ENABLE_X64": "1"})
     assert done.returncode == 0, done.stderr
@@ -283,7 +289,7 @@ def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_di
     err = capsys.readouterr().err
     assert "set JAX_ENABLE_X64=1" in err and len(err.splitlines()) == 1
     assert steps_saved(workdir) == before and not (workdir / "corrupted_checkpoints").exists()
-    assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4", "--dtype",
+    assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4", "--dtype",
                           "float64")) == 1
     assert "JAX_ENABLE_X64=1" in capsys.readouterr().err
     assert steps_saved(workdir) == before
@@ -292,34 +298,9 @@ def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_di
 # ---- a stop anywhere resumes to the run that never stopped ----
 
 
-@pytest.fixture(scope="module")
-def tiny_reference(fashion_mnist_dir, tmp_path_factory):
-    """An uninterrupted tiny 2-epoch run: params, metrics and closing lines."""
-    workdir = tmp_path_factory.mktemp("tiny") / "w"
-    return finished(workdir, fashion_mnist_dir)
-
-
-def finished(workdir, data) -> tuple:
-    """Run the tiny command to the end in `workdir`; what two equal runs share."""
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(tiny_args(workdir, data)) == 0
-    closing = [line for line in out.getvalue().splitlines() if line.startswith("loss ")]
-    return params_of(workdir), run_record(workdir), closing
-
-
-def assert_same_run(got, reference) -> None:
-    assert_same_params(got[0], reference[0])
-    assert got[1] == reference[1]  # every metrics point, test accuracies included
-    assert got[2] == reference[2]  # d2l's closing line
-
-
 @pytest.mark.parametrize("stop_after", range(1, 7))
 def test_stop_at_any_step_resumes_to_the_same_run(stop_after, fashion_mnist_dir, tmp_path,
-                                                   tiny_reference, monkeypatch):
+                                                   reference_run, monkeypatch):
     """SIGTERM after step 1..6 of 6 (3 and 6 end an epoch, 6 ends the run), then the same
     command again: the same metrics, test accuracies, closing line and parameters."""
     from alexnet_jax import train
@@ -342,9 +323,9 @@ def test_stop_at_any_step_resumes_to_the_same_run(stop_after, fashion_mnist_dir,
     workdir = tmp_path / "w"
     with monkeypatch.context() as patch:
         patch.setattr(train, "compile_steps", compile_and_stop)
-        code = main(tiny_args(workdir, fashion_mnist_dir))
+        code = main(train_args(workdir, fashion_mnist_dir))
     assert code == (0 if stop_after == 6 else 128 + signal.SIGTERM)
-    assert_same_run(finished(workdir, fashion_mnist_dir), tiny_reference)
+    assert_same_run(finished(workdir, fashion_mnist_dir), reference_run)
 
 
 def _wait_for_line(proc, text: str, timeout: float) -> bool:
@@ -364,7 +345,7 @@ def _wait_for_line(proc, text: str, timeout: float) -> bool:
 
 
 def test_sigkill_at_random_moments_ends_bit_identical(fashion_mnist_dir, tmp_path,
-                                                      tiny_reference):
+                                                      reference_run):
     """SIGKILL at 8 random moments (a quarter in start-up, the rest within the first step or
     after one more checkpoint), checkpointing every step; restarted each time, the run ends
     bit-identical."""
@@ -372,7 +353,7 @@ def test_sigkill_at_random_moments_ends_bit_identical(fashion_mnist_dir, tmp_pat
 
     workdir = tmp_path / "w"
     cmd = [sys.executable, "-m", "alexnet_jax.cli",
-           *tiny_args(workdir, fashion_mnist_dir, 2, "--checkpoint-every-steps", "1")]
+           *train_args(workdir, fashion_mnist_dir, 2, "--checkpoint-every-steps", "1")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     moments = random.Random(1)  # this seed kills 4 times after a new checkpoint
     kills, progress = 0, []
@@ -395,7 +376,7 @@ def test_sigkill_at_random_moments_ends_bit_identical(fashion_mnist_dir, tmp_pat
             break
     assert kills == 8, progress
     assert len({p for p in progress if 0 < p < 6}) >= 2, progress  # killed mid-run, twice+
-    assert_same_run(finished(workdir, fashion_mnist_dir), tiny_reference)
+    assert_same_run(finished(workdir, fashion_mnist_dir), reference_run)
 
 
 # ---- bad state dicts, bad settings, damaged records: one line, nothing written ----
@@ -448,7 +429,7 @@ def test_bad_settings_are_refused_before_anything_is_written(flags, words, fashi
                                                              tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "new"
-    args = tiny_args(workdir, fashion_mnist_dir, 1)
+    args = train_args(workdir, fashion_mnist_dir, 1)
     for flag, value in zip(flags[::2], flags[1::2]):
         if flag in args:
             args[args.index(flag) + 1] = value
@@ -463,7 +444,7 @@ def test_bad_settings_are_refused_before_anything_is_written(flags, words, fashi
 def test_damaged_records_are_named_and_a_torn_line_is_dropped(fashion_mnist_dir, tmp_path,
                                                               capsys):
     workdir = tmp_path / "w"
-    one_epoch = tiny_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")
+    one_epoch = train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")
     assert main(one_epoch) == 0
     config = workdir / "config.json"
     good = config.read_text()
@@ -480,10 +461,10 @@ def test_damaged_records_are_named_and_a_torn_line_is_dropped(fashion_mnist_dir,
     lines = metrics.read_text()
     metrics.write_text("{\"epoch\": 1.0, \"st\n" + lines)
     capsys.readouterr()
-    assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
+    assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
     err = capsys.readouterr().err
     assert f"{metrics}, line 1, is damaged" in err and len(err.splitlines()) == 1
     metrics.write_text(lines + '{"epoch": 1.5, "step": 2, "train_lo')  # a crash mid-write
-    assert main(tiny_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 0
+    assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 0
     assert "dropped the torn last line" in capsys.readouterr().out
     assert [p["step"] for p in run_record(workdir)] == [1, 2]

@@ -36,7 +36,7 @@ def test_train_writes_d2l_outputs(trained, capsys):
         assert 0 <= p["train_acc"] <= 1 and np.isfinite(p["train_loss"]) and p["train_loss"] > 0
         assert p["examples_per_sec"] > 0
     config = json.loads((trained / "config.json").read_text())
-    assert config["settings"]["batch_size"] == 16 and "jax" in config["versions"]
+    assert config["settings"]["batch_size"] == 4 and "jax" in config["versions"]
     assert sorted(int(p.name) for p in (trained / "checkpoints").iterdir()
                   if p.name.isdigit()) == [3, 6]
 
@@ -60,7 +60,7 @@ def test_conflicting_settings_are_refused(trained, fashion_mnist_dir, capsys):
     args[args.index("--batch-size") + 1] = "8"
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "batch_size=16" in err and "8 now" in err and "Traceback" not in err
+    assert "batch_size=4" in err and "8 now" in err and "Traceback" not in err
 
 
 def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
