@@ -14,21 +14,21 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from .fast_malloc import loaded_allocator
 from .parallel import batch_sharding, make_mesh, put_replicated
+from .profiling import StepTracer
 from .run_dir import build_model, package_versions
 from .steps import compile_steps, create_train_state, empty_metrics, jit_steps
 from .summary import forward_flops
 
-# Dense peak TFLOP/s per chip, by device_kind substring: (float32 without tensor cores or
-# TF32, bfloat16). Sources: NVIDIA H100/H200 datasheets (SXM: 67 FP32, 989 BF16 dense),
-# A100 datasheet (19.5, 312), V100 datasheet (15.7, 125 FP16), L4 datasheet (30.3, 121);
-# Google Cloud TPU docs, system architecture pages (v4 275, v5e 197, v5p 459, v6e 918 BF16;
-# TPUs run float32 matmuls as bf16 passes, so no float32 peak is listed).
+# Dense peak TFLOP/s per chip by device_kind substring, (float32 without TF32, bfloat16): NVIDIA
+# datasheets (H100/H200 SXM, A100, V100 FP16, L4) and Google Cloud TPU system architecture
+# pages (TPUs run float32 matmuls as bf16 passes: no float32 peak).
 PEAK_TFLOPS = {
     "H200": (67.0, 989.0), "H100": (67.0, 989.0), "A100": (19.5, 312.0),
     "V100": (15.7, 125.0), "L4": (30.3, 121.0),
@@ -43,11 +43,8 @@ JAX_VARIANTS = {  # name: (--dtype, matmul precision)
 
 
 def peak_flops(device_kind: str, bf16: bool) -> float | None:
-    for key, (f32, b16) in PEAK_TFLOPS.items():
-        if key.lower() in device_kind.lower():
-            peak = b16 if bf16 else f32
-            return None if peak is None else peak * 1e12
-    return None
+    peaks = [p[bf16] for key, p in PEAK_TFLOPS.items() if key.lower() in device_kind.lower()]
+    return peaks[0] * 1e12 if peaks and peaks[0] is not None else None
 
 
 def summarize(times: list[float], batch: int) -> dict:
@@ -57,7 +54,7 @@ def summarize(times: list[float], batch: int) -> dict:
             "step_ms_p90": 1e3 * q[2], "images_per_sec": batch / statistics.median(times)}
 
 
-def bench_jax(variant: str, batch: int, steps: int, warmup: int) -> dict:
+def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -> dict:
     dtype, precision = JAX_VARIANTS[variant]
     mesh = make_mesh()
     with jax.default_matmul_precision(precision):
@@ -73,6 +70,9 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int) -> dict:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+        if profile:  # a jax.profiler trace of the timed steps (compiled and warmed up)
+            compiled = StepTracer(compiled, warmup + 1, warmup + steps, 0,
+                                  Path(profile) / f"{variant}-batch{batch}")
         times = []
         for i in range(warmup + steps):
             images, labels = batches[i % len(batches)]
@@ -82,10 +82,9 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int) -> dict:
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     stats = jax.devices()[0].memory_stats() or {}
-    row = {"framework": "jax", "variant": variant, "batch": batch, "compile_s": compile_s,
-           "xla_flops_per_image": xla_flops / batch,
-           "peak_memory_bytes": stats.get("peak_bytes_in_use"), **summarize(times, batch)}
-    return row
+    return {"framework": "jax", "variant": variant, "batch": batch, "compile_s": compile_s,
+            "xla_flops_per_image": xla_flops / batch,
+            "peak_memory_bytes": stats.get("peak_bytes_in_use"), **summarize(times, batch)}
 
 
 def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
@@ -151,7 +150,7 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
 
 
 def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
-                  epoch_split=None) -> dict:
+                  epoch_split=None, profile=None) -> dict:
     names = list(JAX_VARIANTS) + (["torch-eager", "torch-compile"] if with_torch else [])
     if epoch_split is not None:
         names += ["epoch-device", "epoch-host"]
@@ -167,7 +166,7 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
         for name in names:
             try:
                 if name.startswith("jax"):
-                    row = bench_jax(name, batch, steps, warmup)
+                    row = bench_jax(name, batch, steps, warmup, profile)
                 elif name.startswith("epoch"):
                     row = bench_epoch(name.removeprefix("epoch-"), batch, epoch_split)
                 else:
@@ -240,7 +239,8 @@ def main(args) -> int:
         epoch_split = load_split("train", args.source, args.data_dir,
                                  args.manual_dir).head(args.epoch_images or None)
     result = run_benchmark(args.batch_size, args.steps, args.warmup, args.variants,
-                           with_torch=not args.no_torch, epoch_split=epoch_split)
+                           with_torch=not args.no_torch, epoch_split=epoch_split,
+                           profile=args.profile)
     print(markdown(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

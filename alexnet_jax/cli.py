@@ -1,4 +1,4 @@
-"""`alexnet-jax`: train, evaluate, predict, convert, summary, benchmark.
+"""`alexnet-jax`: train, evaluate, predict, convert, plot, summary, benchmark.
 
 Exit codes: 0 success, 2 usage errors (argparse), 1 runtime errors, 128+N when stopped by
 signal N. Errors are one line on stderr; `--debug` shows the traceback.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+
+from .profiling import step_range
 
 DESCRIPTION = "d2l's AlexNet on Fashion-MNIST in JAX/Flax."
 
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32",
                    help="computation dtype; parameters stay float32 (float64: parameters "
                    "too, for numerical checks; needs JAX_ENABLE_X64=1)")
+    t.add_argument("--profile-steps", type=step_range, metavar="A:B",
+                   help="write a jax.profiler trace of global steps A to B into WORKDIR/profile")
     t.add_argument("--restart", action="store_true",
                    help="start this work dir's run over; its records move to replaced/TIME/")
     t.add_argument("--strict-checkpoints", action="store_true",
@@ -96,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workdir", required=True)
     c.add_argument("--step", type=int)
 
+    g = sub.add_parser("plot", help="d2l's curves of several runs in one PNG, to compare them")
+    g.add_argument("runs", nargs="+", metavar="RUN", help="work dirs (each with metrics.jsonl)")
+    g.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
+
     s = sub.add_parser("summary", help="per-layer shapes, parameters and FLOPs")
     s.add_argument("--image-size", type=positive(int), default=224)
 
@@ -106,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     b.add_argument("--variants", nargs="+", help="only these rows (see the table's names)")
     b.add_argument("--json", default="benchmark.json", help="where to write every figure")
+    b.add_argument("--profile", metavar="DIR",
+                   help="write a jax.profiler trace of each JAX row's timed steps into DIR")
     b.add_argument("--epoch-images", type=int, metavar="N",
                    help="also time d2l's epoch end to end (pipeline and steps) on the first N "
                    "train images with each pipeline (0: all 60,000)")
@@ -127,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
         init_distributed(args.coordinator, args.num_processes, args.process_id,
                          auto=args.distributed)
         train_and_evaluate(TrainConfig.from_dict(vars(args)), restart=args.restart)
+        return 0
+    if args.command == "plot":
+        from .workdir_tools import plot_command
+
+        plot_command(args)
         return 0
     if args.command == "benchmark":
         from .benchmark import main as benchmark_main

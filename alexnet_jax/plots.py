@@ -39,6 +39,32 @@ def plot_curves(points: list[dict], path: str | Path, num_epochs: int) -> None:
     tmp.replace(path)  # never leave a half-written plot
 
 
+# d2l's line style per curve; each run gets its own colour.
+CURVES = (("train_loss", "-", "train loss"), ("train_acc", "--", "train acc"),
+          ("test_acc", "-.", "test acc"))
+
+
+def plot_runs(runs: dict[str, list[dict]], path: str | Path):
+    """d2l's three curves for several runs in one figure: one colour per run, d2l's line
+    style per curve, a legend naming each run and each curve. Returns the figure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, points) in enumerate(runs.items()):
+        colour = colours[i % len(colours)]
+        for key, style, label in CURVES:
+            kept = [p for p in points if p.get(key) is not None]
+            ax.plot([p["epoch"] for p in kept], [p[key] for p in kept], style, color=colour,
+                    label=f"{name}: {label}", marker="o" if len(kept) == 1 else None)
+    ax.set_xlabel("epoch")
+    ax.grid(True)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return fig
+
+
 def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path) -> None:
     """A row-wrapped grid of 28x28 images, each titled 'true\\npredicted' as in d2l."""
     plt = _pyplot()

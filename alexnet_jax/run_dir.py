@@ -24,14 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .conv import conv_general_dilated
+from .events import EventLog
 from .model import AlexNet
 from .parallel import is_primary
 from .pool import max_pool
 from .steps import TrainState
 
 # What a run writes into its work dir (besides train.lock).
-RECORDS = ("config.json", "metrics.jsonl", "curves.png", "checkpoints", "checkpoint_digests",
-           "corrupted_checkpoints")
+RECORDS = ("config.json", "metrics.jsonl", "curves.png", "tensorboard", "checkpoints",
+           "checkpoint_digests", "corrupted_checkpoints")
 # Settings that define a run: a work dir refuses to continue with other values.
 RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes")
 # --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
@@ -65,6 +66,7 @@ class TrainConfig:
     dtype: str = "float32"
     num_classes: int = 10
     strict_checkpoints: bool = False
+    profile_steps: tuple[int, int] | None = None
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -181,13 +183,11 @@ def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> N
 def set_aside(workdir: Path) -> Path | None:
     """`train --restart`: move the run's records to WORKDIR/replaced/TIME/; nothing is lost."""
     present = [workdir / name for name in RECORDS if (workdir / name).exists()]
-    if not present:
-        return None
     aside = workdir / "replaced" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    aside.mkdir(parents=True)
     for path in present:
+        aside.mkdir(parents=True, exist_ok=True)
         path.rename(aside / path.name)
-    return aside
+    return aside if present else None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -196,36 +196,39 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object per point; a resumed run drops points past its step."""
+def read_points(path: Path, out=print) -> list[dict]:
+    """The points of a metrics.jsonl; a torn last line (a crash mid-write) is dropped."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    points = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise RunError(f"{path}, line {number}, is damaged: {line[:60]!r}; delete that "
+                               "line, or start the run over with `train --restart`") from None
+            out(f"note: dropped the torn last line of {path} (a crash mid-write)")
+    return points
 
-    def __init__(self, path: Path, resume_step: int, out=print):
+
+class MetricsLog:
+    """metrics.jsonl (given `lr`, mirrored to TensorBoard); a resume drops points past its step."""
+
+    def __init__(self, path: Path, resume_step: int, out=print, lr: float | None = None):
         self.path = path
-        self.points = []
         self.write = is_primary()  # one writer in a multi-process run
-        lines = path.read_text().splitlines() if path.exists() else []
-        for number, line in enumerate(lines, start=1):
-            try:
-                point = json.loads(line)
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise RunError(
-                        f"{path}, line {number}, is damaged: {line[:60]!r}; delete that line, "
-                        "or start the run over with `train --restart`") from None
-                out(f"note: dropped the torn last line of {path} (a crash mid-write)")
-                continue
-            if point["step"] <= resume_step:
-                self.points.append(point)
-        if lines and self.write:
+        self.points = [p for p in read_points(path, out) if p["step"] <= resume_step]
+        if path.exists() and self.write:
             write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
+        self.events = EventLog(path.parent, self.points, lr) if self.write and lr else None
 
     def add(self, point: dict) -> None:
         self.points.append(point)
-        if not self.write:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(point) + "\n")
-            f.flush()
+        if self.events:  # only the writing process has them
+            self.events.add(point)
+        if self.write:
+            with self.path.open("a") as f:
+                f.write(json.dumps(point) + "\n")
 
 
 def empty_totals() -> dict[str, np.ndarray]:

@@ -21,8 +21,10 @@ from tqdm import tqdm
 from . import checkpoints, run_dir, workdir_lock
 from .fashion_mnist import load_split
 from .input_pipeline import make_pipeline
-from .parallel import check_batch_size, device_name, is_primary, make_mesh, put_replicated
+from .parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from .plots import plot_curves
+from .profiling import StepTracer
+from .report import closing_report, progress_line
 from .run_dir import RunError, TrainConfig
 from .steps import TrainState, compile_steps, create_train_state, empty_metrics, evaluate, jit_steps
 from .stops import Interrupted, SignalFlag
@@ -109,7 +111,7 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
                        "command with --restart to start this run over")
     run_dir.write_config(workdir, config, extra=provenance)
     start_step = int(state.step)
-    log = run_dir.MetricsLog(workdir / "metrics.jsonl", resume_step=start_step, out=out)
+    log = run_dir.MetricsLog(workdir / "metrics.jsonl", start_step, out=out, lr=config.lr)
     run = Run(config, workdir, train_pipe, test_pipe, mngr, log, totals,
               time.perf_counter() - float(totals["wall_seconds"]), out, last_saved=start_step)
     return run, state, epoch_metrics
@@ -121,10 +123,13 @@ def train_epochs(run: Run, state, epoch_metrics):
     if start_step >= run.total_steps:
         run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing to train")
         run.mngr.close()
-        return state, report(run)
+        return state, closing_report(run.log, run.totals, run.out)
     run.train_step, seconds = compile_steps(jit_steps(run.train_pipe.mesh), state, epoch_metrics,
                                             run.train_pipe)
     run.out(f"compiled the train step in {seconds:.1f} s (not counted in examples/sec)")
+    if run.config.profile_steps:  # (first, last) global steps
+        run.train_step = StepTracer(run.train_step, *run.config.profile_steps, start_step,
+                                    run.workdir / "profile")
     try:
         with SignalFlag() as run.flag:
             for epoch in range(start_step // run.steps_per_epoch, run.config.epochs):
@@ -138,7 +143,7 @@ def train_epochs(run: Run, state, epoch_metrics):
     finally:
         run.mngr.wait_until_finished()
         run.mngr.close()
-    return state, report(run)
+    return state, closing_report(run.log, run.totals, run.out)
 
 
 def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
@@ -179,10 +184,9 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
 def stop(run: Run) -> None:
     """Raise Interrupted once the checkpoint the signal asked for is on disk."""
     run.mngr.wait_until_finished()
-    raise Interrupted(
-        f"stopped by {run.flag.name} at step {run.last_saved} of {run.total_steps}; checkpoint "
-        f"saved in {checkpoints.checkpoint_dir(run.workdir)}. Run the same command to resume.",
-        run.flag.signum)
+    raise Interrupted(f"stopped by {run.flag.name} at step {run.last_saved} of {run.total_steps};"
+                      f" checkpoint saved in {checkpoints.checkpoint_dir(run.workdir)}. Run the "
+                      "same command to resume.", run.flag.signum)
 
 
 def end_epoch(run: Run, state, epoch_metrics, epoch: int, step_seconds: float | None):
@@ -225,26 +229,3 @@ def point_at(run: Run, epoch_metrics, global_step: int) -> dict:
         / float(run.totals["train_seconds"]),
         "wall_seconds": time.perf_counter() - run.wall_start,
     }
-
-
-def progress_line(point: dict, total_steps: int) -> str:
-    test = f", test acc {point['test_acc']:.3f}" if point.get("test_acc") is not None else ""
-    return (f"epoch {point['epoch']:.2f} step {point['step']}/{total_steps}: loss "
-            f"{point['train_loss']:.3f}, train acc {point['train_acc']:.3f}{test}, "
-            f"{point['examples_per_sec']:.1f} examples/sec")
-
-
-def report(run: Run) -> dict:
-    """d2l's two closing lines, from the last epoch-end point."""
-    ends = [p for p in run.log.points if p.get("test_acc") is not None]
-    if not ends:
-        raise RunError(f"{run.log.path} holds no finished epoch to report")
-    last = ends[-1]
-    speed = float(run.totals["train_examples"]) / float(run.totals["train_seconds"])
-    run.out(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, "
-            f"test acc {last['test_acc']:.3f}")
-    run.out(f"{speed:.1f} examples/sec on {device_name()}")
-    if jax.device_count() > 1:
-        run.out(f"{speed / jax.device_count():.1f} examples/sec per device")
-    run.out(f"wall time {last['wall_seconds']:.1f} s")
-    return {**last, "examples_per_sec": speed}

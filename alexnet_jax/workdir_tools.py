@@ -1,4 +1,4 @@
-"""evaluate, predict and convert: what the CLI does with a work dir's checkpoints."""
+"""evaluate, predict, convert and plot: what the CLI does with a work dir's records."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .run_dir import (
     build_model,
     checkpoint_tree,
     empty_totals,
+    read_points,
     saved_config,
     state_from_tree,
     write_config,
@@ -117,3 +118,19 @@ def convert_command(args) -> None:
     mngr.wait_until_finished()
     mngr.close()
     print(f"converted {source} into a checkpoint at step 0 in {workdir}")
+
+
+def plot_command(args) -> None:
+    from .plots import plot_runs
+
+    runs = {}
+    for run in args.runs:
+        path = Path(run) / "metrics.jsonl"
+        if not path.is_file():
+            raise RunError(f"{path} is missing: {run} is not a work dir that has trained")
+        points = read_points(path, out=lambda *args: None)
+        name = Path(run).name if sum(Path(r).name == Path(run).name for r in args.runs) == 1 \
+            else str(run)
+        runs[name] = points
+    plot_runs(runs, args.out)
+    print(f"wrote {args.out}: {len(runs)} runs, train loss, train acc and test acc of each")

@@ -1,0 +1,50 @@
+"""`jax.profiler` traces of chosen train steps, for TensorBoard's profile plugin and Perfetto.
+
+The step is wrapped after it is compiled, so a trace holds the steps themselves and no
+compilation. Each trace lands in DIR/plugins/profile/RUN/ (`tensorboard --logdir DIR`, the
+Profile tab) with a `perfetto_trace.json.gz` beside it for https://ui.perfetto.dev.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+from pathlib import Path
+
+import jax
+
+
+def step_range(text: str) -> tuple[int, int]:
+    """argparse type for A:B, the first and last (1-based) global steps to trace."""
+    try:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B, two step numbers, got {text!r}") \
+            from None
+    if not 1 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 1 <= A <= B in A:B, got {text}")
+    return first, last
+
+
+class StepTracer:
+    """A train step that traces global steps `first`..`last` (counting from `done` + 1)."""
+
+    def __init__(self, step, first: int, last: int, done: int, logdir: Path):
+        self.step, self.first, self.last, self.count = step, first, last, done
+        self.logdir, self.active = Path(logdir), False
+        atexit.register(self.close)  # a run that stops before `last` still keeps its trace
+
+    def __call__(self, *args):
+        self.count += 1
+        if self.count == self.first:
+            jax.profiler.start_trace(str(self.logdir), create_perfetto_trace=True)
+            self.active = True
+        out = self.step(*args)
+        if self.count == self.last:
+            self.close(jax.block_until_ready(out))
+        return out
+
+    def close(self, *_) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()

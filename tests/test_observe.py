@@ -1,0 +1,114 @@
+"""Seeing inside runs: TensorBoard event files, profiler traces, several runs in one plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+from conftest import run_record, train_args
+
+from alexnet_jax.cli import main
+from alexnet_jax.events import read_scalars
+
+
+def assert_events_mirror_metrics(workdir) -> None:
+    """Every metrics.jsonl point is in the event files once, with its values."""
+    points = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    scalars = read_scalars(workdir)
+    for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"),
+                     ("test_acc", "test/acc"), ("examples_per_sec", "speed/examples_per_sec")):
+        kept = [p for p in points if p.get(key) is not None]
+        assert [step for step, _ in scalars[tag]] == [p["step"] for p in kept], tag
+        np.testing.assert_allclose([v for _, v in scalars[tag]], [p[key] for p in kept],
+                                   rtol=1e-6)
+    assert {v for _, v in scalars["train/lr"]} == {np.float32(0.01)}
+
+
+def test_events_mirror_metrics_once_also_after_a_stop(fashion_mnist_dir, tmp_path,
+                                                      monkeypatch):
+    from alexnet_jax import train
+
+    real_compile = train.compile_steps
+
+    def stop_after_four(*args):  # SIGTERM after step 4 of 6 (mid-epoch 2)
+        step, seconds = real_compile(*args)
+        calls = []
+
+        def step_then_signal(*step_args):
+            calls.append(1)
+            result = step(*step_args)
+            if len(calls) == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return result
+
+        return step_then_signal, seconds
+
+    workdir = tmp_path / "w"
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "compile_steps", stop_after_four)
+        assert main(train_args(workdir, fashion_mnist_dir)) == 128 + signal.SIGTERM
+    assert_events_mirror_metrics(workdir)
+    # a point past the checkpoint (as a kill between logging and saving leaves) is dropped
+    with (workdir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({**run_record(workdir)[-1], "step": 5, "epoch": 1.67,
+                            "examples_per_sec": 1.0, "wall_seconds": 1.0}) + "\n")
+    assert main(train_args(workdir, fashion_mnist_dir)) == 0
+    assert [p["step"] for p in run_record(workdir)] == [1, 2, 3, 4, 5, 6]
+    assert_events_mirror_metrics(workdir)
+
+
+def test_events_without_tensorflow(fashion_mnist_dir, tmp_path):
+    """The GPU machine has tensorboard but no TensorFlow: a run writes its events there too."""
+    workdir = tmp_path / "w"
+    code = ("import sys; sys.modules['tensorflow'] = None; from alexnet_jax.cli import main; "
+            f"sys.exit(main({train_args(workdir, fashion_mnist_dir, 1, '--limit-train', '4')!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_events_mirror_metrics(workdir)
+
+
+def test_profile_steps_writes_a_trace(fashion_mnist_dir, tmp_path):
+    workdir = tmp_path / "w"
+    assert main(train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4",
+                           "--profile-steps", "1:1")) == 0
+    traces = workdir / "profile" / "plugins" / "profile"
+    xplane = list(traces.glob("*/*.xplane.pb"))
+    assert xplane and xplane[0].stat().st_size > 0
+    assert list(traces.glob("*/perfetto_trace.json.gz"))
+
+
+def test_plot_several_runs(tmp_path, capsys):
+    runs = []
+    for name, shift in (("lr0.01", 0.0), ("lr0.05", 0.3)):
+        run = tmp_path / name
+        run.mkdir()
+        points = [{"epoch": e / 2, "step": e, "train_loss": 2.3 - e / 10 - shift,
+                   "train_acc": 0.1 * e + shift, "test_acc": 0.2 * e if e % 2 == 0 else None}
+                  for e in range(1, 5)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+        runs.append(str(run))
+    png = tmp_path / "compare.png"
+    assert main(["plot", *runs, "--out", str(png)]) == 0
+    assert png.stat().st_size > 0 and "2 runs" in capsys.readouterr().out
+
+    from alexnet_jax.plots import plot_runs
+    from alexnet_jax.run_dir import read_points
+
+    fig = plot_runs({os.path.basename(r): read_points(tmp_path / r / "metrics.jsonl")
+                     for r in runs}, tmp_path / "again.png")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"{run}: {curve}" for run in ("lr0.01", "lr0.05")
+                      for curve in ("train loss", "train acc", "test acc")]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert len(lines["lr0.05: train loss"].get_xdata()) == 4
+    assert list(lines["lr0.01: test acc"].get_ydata()) == [0.4, 0.8]
+    assert lines["lr0.01: train loss"].get_color() != lines["lr0.05: train loss"].get_color()
+    assert main(["plot", str(tmp_path / "nowhere"), "--out", str(png)]) == 1
+    err = capsys.readouterr().err
+    assert "metrics.jsonl is missing" in err and len(err.splitlines()) == 1
