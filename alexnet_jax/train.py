@@ -102,8 +102,9 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
     if restored is not None:
         state = run_dir.state_from_tree(state, restored)
         epoch_metrics, totals = restored["epoch_metrics"], restored["totals"]
-        out(f"resuming from the checkpoint at step {step} (epoch "
-            f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
+        if step < len(train_pipe) * config.epochs:  # a finished run says so, later
+            out(f"resuming from the checkpoint at step {step} (epoch "
+                f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
     elif saved:
         mngr.close()
         raise RunError(f"every checkpoint in {checkpoints.checkpoint_dir(workdir)} is corrupted "
