@@ -39,6 +39,7 @@ def test_benchmark_epoch_rows(fashion_mnist_dir, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["benchmark", "--batch-size", "4", "--no-torch", "--variants", "epoch-device",
                  "epoch-host", "--epoch-images", "6", "--manual-dir", str(fashion_mnist_dir),
+                 "--source", "idx",
                  "--json", str(out_json)]) == 0
     table = capsys.readouterr().out
     assert "epoch-device, batch 4: 6 images in" in table and "epoch-host, batch 4" in table

@@ -156,12 +156,13 @@ def test_tfds_and_idx_sources_identical(fashion_mnist_dir, train_split, test_spl
 
 
 def test_every_resized_pixel_equals_pillow(train_split, test_split):
-    """Both splits, all 70,000 images: device (JAX) and host (TF) resize give Pillow's pixels."""
+    """Device (JAX) and host (TF) resize give Pillow's pixels: all 10,000 test images and
+    10,000 train images spread over the split (all 70,000 were checked once: NOTES.md)."""
     import tensorflow as tf
 
     tf_resize = tf.function(resize_uint8_tf)
-    for split in (test_split, train_split):
-        for start in range(0, len(split), 1000):
+    for split, every in ((test_split, 1), (train_split, 6)):
+        for start in range(0, len(split), 1000 * every):
             chunk = split.images[start:start + 1000]
             expected = pillow_resize(chunk)
             np.testing.assert_array_equal(np.asarray(jit_resize(chunk)), expected)
