@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -142,6 +143,36 @@ def assert_same_run(got, reference) -> None:
     assert_same_params(got[0], reference[0])
     assert got[1] == reference[1]  # every metrics point, test accuracies included
     assert got[2] == reference[2]  # d2l's closing line
+
+
+@contextlib.contextmanager
+def sigterm_after(steps: int):
+    """Within the block, an in-process `train` sends itself SIGTERM after its `steps`-th
+    train step, as a user's Ctrl-C or a scheduler's stop would land."""
+    import signal
+
+    from alexnet_jax import train
+
+    real_compile = train.compile_steps
+
+    def compile_then_stop(*args):
+        step, seconds = real_compile(*args)
+        calls = []
+
+        def step_then_signal(*step_args):
+            result = step(*step_args)
+            calls.append(1)
+            if len(calls) == steps:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return result
+
+        return step_then_signal, seconds
+
+    train.compile_steps = compile_then_stop
+    try:
+        yield
+    finally:
+        train.compile_steps = real_compile
 
 
 def assert_same_params(a, b) -> None:

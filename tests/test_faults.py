@@ -16,6 +16,7 @@ from conftest import (
     finished,
     params_of,
     run_record,
+    sigterm_after,
     train_args,
 )
 from hypothesis import HealthCheck, given, settings
@@ -300,29 +301,11 @@ def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_di
 
 @pytest.mark.parametrize("stop_after", range(1, 7))
 def test_stop_at_any_step_resumes_to_the_same_run(stop_after, fashion_mnist_dir, tmp_path,
-                                                   reference_run, monkeypatch):
+                                                   reference_run):
     """SIGTERM after step 1..6 of 6 (3 and 6 end an epoch, 6 ends the run), then the same
     command again: the same metrics, test accuracies, closing line and parameters."""
-    from alexnet_jax import train
-
-    real_compile = train.compile_steps
-
-    def compile_and_stop(*args):
-        step, seconds = real_compile(*args)
-        calls = []
-
-        def step_then_signal(*step_args):
-            result = step(*step_args)
-            calls.append(1)
-            if len(calls) == stop_after:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return result
-
-        return step_then_signal, seconds
-
     workdir = tmp_path / "w"
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "compile_steps", compile_and_stop)
+    with sigterm_after(stop_after):
         code = main(train_args(workdir, fashion_mnist_dir))
     assert code == (0 if stop_after == 6 else 128 + signal.SIGTERM)
     assert_same_run(finished(workdir, fashion_mnist_dir), reference_run)

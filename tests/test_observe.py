@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import run_record, train_args
+from conftest import run_record, sigterm_after, train_args
 
 from alexnet_jax.cli import main
 from alexnet_jax.events import read_scalars
@@ -28,28 +28,9 @@ def assert_events_mirror_metrics(workdir) -> None:
     assert {v for _, v in scalars["train/lr"]} == {np.float32(0.01)}
 
 
-def test_events_mirror_metrics_once_also_after_a_stop(fashion_mnist_dir, tmp_path,
-                                                      monkeypatch):
-    from alexnet_jax import train
-
-    real_compile = train.compile_steps
-
-    def stop_after_four(*args):  # SIGTERM after step 4 of 6 (mid-epoch 2)
-        step, seconds = real_compile(*args)
-        calls = []
-
-        def step_then_signal(*step_args):
-            calls.append(1)
-            result = step(*step_args)
-            if len(calls) == 4:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return result
-
-        return step_then_signal, seconds
-
+def test_events_mirror_metrics_once_also_after_a_stop(fashion_mnist_dir, tmp_path):
     workdir = tmp_path / "w"
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "compile_steps", stop_after_four)
+    with sigterm_after(4):  # mid-epoch 2 of 2
         assert main(train_args(workdir, fashion_mnist_dir)) == 128 + signal.SIGTERM
     assert_events_mirror_metrics(workdir)
     # a point past the checkpoint (as a kill between logging and saving leaves) is dropped

@@ -222,6 +222,10 @@ def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, t
     assert float(saved[0]["train_acc"]) == float(one["train_acc"])
     assert "examples/sec on 2 x cpu" in outputs[0] and "examples/sec" not in outputs[1]
     assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 3
+    from alexnet_jax.events import read_scalars  # TensorBoard events: process 0 alone
+
+    assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert [step for step, _ in read_scalars(tmp_path / "two")["train/loss"]] == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["3"]
 
