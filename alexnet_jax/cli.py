@@ -1,4 +1,4 @@
-"""`alexnet-jax`: train, evaluate, predict, convert, plot, summary, benchmark.
+"""`alexnet-jax`: train, evaluate, predict, convert, plot, download, summary, benchmark.
 
 Exit codes: 0 success, 2 usage errors (argparse), 1 runtime errors, 128+N when stopped by
 signal N. Errors are one line on stderr; `--debug` shows the traceback.
@@ -33,8 +33,8 @@ def positive(kind: type):
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="tfds data dir (where tfds keeps prepared datasets)")
-    p.add_argument("--manual-dir", help="folder with the four Fashion-MNIST release files, "
-                   "for offline use and the TF-free source")
+    p.add_argument("--manual-dir", help="folder with the four Fashion-MNIST release files "
+                   "(default: the cache that `alexnet-jax download` fills, on first use too)")
     p.add_argument("--source", choices=("auto", "tfds", "idx"), default="auto",
                    help="tfds, the release files read directly (idx, needs no TensorFlow), "
                    "or auto: tfds when TensorFlow is installed (default: auto)")
@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("runs", nargs="+", metavar="RUN", help="work dirs (each with metrics.jsonl)")
     g.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
 
+    d = sub.add_parser("download", help="fetch the four Fashion-MNIST release files, verified")
+    d.add_argument("--dir", help="where to put them (default: $FASHION_MNIST_DIR, else "
+                   "~/.cache/alexnet-jax/fashion-mnist, where every command looks)")
+
     s = sub.add_parser("summary", help="per-layer shapes, parameters and FLOPs")
     s.add_argument("--image-size", type=positive(int), default=224)
 
@@ -137,6 +141,11 @@ def run(args: argparse.Namespace) -> int:
         init_distributed(args.coordinator, args.num_processes, args.process_id,
                          auto=args.distributed)
         train_and_evaluate(TrainConfig.from_dict(vars(args)), restart=args.restart)
+        return 0
+    if args.command == "download":
+        from .download import download
+
+        print(f"the four Fashion-MNIST release files are in {download(args.dir)}, verified")
         return 0
     if args.command == "plot":
         from .workdir_tools import plot_command

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +65,33 @@ class Split:
 def where_to_put_files(folder: str | os.PathLike | None = None) -> str:
     sums = "\n".join(f"  {sha}  {name}" for name, sha in GZ_SHA256.items())
     place = f"in {folder}" if folder else "in one folder and pass it with --manual-dir"
+    place += " (or fetch them with `alexnet-jax download`)"
     return (
         f"Put the four Fashion-MNIST release files ({RELEASE_URL}) {place}. "
         f"Their SHA-256 sums:\n{sums}"
     )
+
+
+def missing_files(folder: str | os.PathLike) -> list[str]:
+    """The release files (NAME.gz, or NAME uncompressed) that `folder` lacks."""
+    return [f"{name}.gz" for name in IDX_SHA256
+            if not any((Path(folder) / n).is_file() for n in (f"{name}.gz", name))]
+
+
+def release_dir(manual_dir: str | os.PathLike | None) -> Path:
+    """The folder with the four release files: `manual_dir`, checked at once and never with
+    the network, or else the cache, downloaded on first use (download.py)."""
+    if manual_dir is None:
+        from . import download
+
+        return download.download()
+    if not Path(manual_dir).is_dir():
+        raise DataError(f"data folder {manual_dir} does not exist. " + where_to_put_files())
+    missing = missing_files(manual_dir)
+    if missing:
+        raise DataError(f"{manual_dir} lacks {', '.join(missing)}. "
+                        + where_to_put_files(manual_dir))
+    return Path(manual_dir)
 
 
 def _find_idx_file(folder: Path, name: str) -> Path:
@@ -132,14 +154,6 @@ def tfds_release_order(num_examples: int, split: str) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def _network_reachable(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def load_tfds_split(split: str, data_dir: str | None = None,
                     manual_dir: str | None = None) -> Split:
     """One split through `tfds.load('fashion_mnist')`, reordered to the release order."""
@@ -153,14 +167,8 @@ def load_tfds_split(split: str, data_dir: str | None = None,
         ) from err
     tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads data: no GPU memory
     builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-    if not builder.is_prepared():
-        if manual_dir is None and not _network_reachable():
-            raise DataError(
-                f"fashion_mnist is not prepared in {builder.data_dir} and there is no network. "
-                + where_to_put_files()
-            )
-        if manual_dir is not None and not Path(manual_dir).is_dir():
-            raise DataError(f"manual dir {manual_dir} does not exist. " + where_to_put_files())
+    if not builder.is_prepared():  # tfds prepares it from the release files, not the network
+        manual_dir = str(release_dir(manual_dir))
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
         ds = tfds.load("fashion_mnist", split=split, data_dir=data_dir, as_supervised=True,
@@ -189,21 +197,17 @@ def tf_available() -> bool:
 
 def load_split(split: str, source: str = "auto", data_dir: str | None = None,
                manual_dir: str | None = None) -> Split:
-    """A split from `source`: 'tfds', 'idx' (TF-free, needs manual_dir) or 'auto'.
-
-    'auto' uses tfds when TensorFlow and tfds import, else the IDX files in manual_dir.
-    """
+    """A split from `source`: 'tfds', 'idx' (the release files read directly, TF-free) or
+    'auto' (tfds when TensorFlow and tfds import). The release files come from `manual_dir`,
+    or from the cache, downloaded on first use."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if manual_dir is not None:
+        release_dir(manual_dir)  # every missing file named at once, before TensorFlow loads
     if source == "auto":
         source = "tfds" if tf_available() else "idx"
     if source == "tfds":
         return load_tfds_split(split, data_dir=data_dir, manual_dir=manual_dir)
     if source == "idx":
-        if manual_dir is None:
-            raise DataError(
-                "the TF-free source reads the release files: pass --manual-dir. "
-                + where_to_put_files()
-            )
-        return load_idx_split(manual_dir, split)
+        return load_idx_split(release_dir(manual_dir), split)
     raise ValueError(f"source must be 'auto', 'tfds' or 'idx', got {source!r}")

@@ -100,8 +100,8 @@ def test_tfds_pipeline_on_mock_data(monkeypatch):
 
     from alexnet_jax import fashion_mnist
 
-    # mock_data fakes the loading, not is_prepared(): skip our offline guard.
-    monkeypatch.setattr(fashion_mnist, "_network_reachable", lambda: True)
+    # mock_data fakes the loading, not is_prepared(): no release files needed.
+    monkeypatch.setattr(fashion_mnist, "release_dir", lambda manual_dir: "unused")
     with tfds.testing.mock_data(num_examples=40):
         split = load_tfds_split("train")
     assert split.images.shape == (40, 28, 28) and split.images.dtype == np.uint8
@@ -244,15 +244,19 @@ def test_missing_files_name_all_four_and_their_sums(tmp_path):
     assert "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84" in message
 
 
-def test_tfds_offline_without_manual_dir_fails_fast(tmp_path):
+def test_tfds_offline_without_manual_dir_fails_fast(tmp_path, monkeypatch):
+    """Not prepared, no release files in the cache, no server: a clear error at once."""
+    import socket
     import time
 
-    from alexnet_jax.fashion_mnist import _network_reachable
+    from alexnet_jax import download
 
-    if _network_reachable():
-        pytest.skip("this machine reaches the network: the offline path cannot be exercised")
-
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(download, "BASE_URLS", (f"http://127.0.0.1:{port}/",))
     t0 = time.monotonic()
-    with pytest.raises(DataError, match="no network"):
+    with pytest.raises(DataError, match="Offline"):
         load_tfds_split("test", data_dir=str(tmp_path / "empty"))
     assert time.monotonic() - t0 < 30

@@ -1,0 +1,130 @@
+"""`alexnet-jax download`: the four Fashion-MNIST release files into a local cache, verified.
+
+From the release's own host, with GitHub's copy of the repository as the fallback. Each file is
+fetched into NAME.part (resumed with an HTTP Range request after a dropped connection),
+checked against the SHA-256 of its decompressed bytes, and only then renamed into place: the
+cache never holds a wrong or partial file under a real name.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .fashion_mnist import DataError, missing_files, read_idx, where_to_put_files
+
+BASE_URLS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+ATTEMPTS_PER_URL = 3  # a dropped connection is resumed this many times before the next URL
+
+
+class Unavailable(OSError):
+    """This URL cannot give the file now (no answer, HTTP error, dropped, wrong bytes)."""
+
+
+def default_dir() -> Path:
+    """$FASHION_MNIST_DIR if set, else the user's cache (~/.cache/alexnet-jax/fashion-mnist)."""
+    if os.environ.get("FASHION_MNIST_DIR"):
+        return Path(os.environ["FASHION_MNIST_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "alexnet-jax" / "fashion-mnist"
+
+
+def download(folder: str | os.PathLike | None = None, base_urls=None, timeout: float = 10.0,
+             out=print) -> Path:
+    """Fetch whichever release files `folder` (default_dir()) lacks; returns the folder."""
+    folder = Path(folder or default_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    for gz in missing_files(folder):
+        tried = []
+        for url in (base + gz for base in base_urls or BASE_URLS):
+            try:
+                _fetch_resuming(url, folder / gz, out, timeout)
+                break
+            except Unavailable as err:
+                tried.append(f"{url}: {err}")
+        else:
+            raise DataError(f"cannot download {gz} ({'; '.join(tried)}). Offline? "
+                            + where_to_put_files(folder))
+    return folder
+
+
+def _fetch_resuming(url: str, target: Path, out, timeout: float) -> None:
+    part = target.with_name(target.name + ".part")
+    for attempt in range(1, ATTEMPTS_PER_URL + 1):
+        try:
+            _fetch(url, part, out, timeout)
+            break
+        except Unavailable as err:
+            if "dropped" not in str(err) or attempt == ATTEMPTS_PER_URL:
+                raise
+            out(f"{target.name}: {err}; resuming")
+    try:
+        read_idx(part, target.name.removesuffix(".gz"))  # SHA-256 of the decompressed bytes
+    except DataError as err:
+        part.unlink()
+        raise Unavailable(f"served wrong bytes, not kept ({err})") from None
+    os.replace(part, target)
+
+
+def _fetch(url: str, part: Path, out, timeout: float) -> None:
+    """Append the rest of `url` to `part` (all of it when the server ignores the range)."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        raise Unavailable(f"HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise Unavailable(f"no answer: {getattr(err, 'reason', err)}") from None
+    with response:
+        if response.status != 206:
+            have = 0  # the whole file follows
+        total = have + int(response.headers.get("Content-Length") or 0)
+        progress = Progress(part.name.removesuffix(".part"), total, have, out)
+        try:
+            with part.open("ab" if have else "wb") as f:
+                while chunk := response.read(1 << 16):
+                    f.write(chunk)
+                    progress.update(len(chunk))
+        except (http.client.HTTPException, OSError) as err:
+            raise Unavailable(f"connection dropped at {progress.done} of {total} bytes "
+                              f"({type(err).__name__})") from None
+    if total and part.stat().st_size < total:
+        raise Unavailable(f"connection dropped at {part.stat().st_size} of {total} bytes")
+
+
+class Progress:
+    """A bar with ETA on a terminal; elsewhere a line every 10% or 30 s."""
+
+    def __init__(self, name: str, total: int, done: int, out):
+        self.name, self.total, self.done, self.out = name, total, done, out
+        self.start, self.last_line, self.last_tenth = time.monotonic(), time.monotonic(), -1
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=name, unit="B", unit_scale=True)
+
+    def update(self, size: int) -> None:
+        self.done += size
+        if self.bar is not None:
+            self.bar.update(size)
+            if self.done >= self.total:
+                self.bar.close()
+            return
+        tenth = 10 * self.done // max(self.total, 1)
+        now = time.monotonic()
+        if tenth > self.last_tenth or now - self.last_line > 30:
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            self.out(f"{self.name}: {self.done / 1e6:.1f} of {self.total / 1e6:.1f} MB, "
+                     f"ETA {eta:.0f} s")
+            self.last_tenth, self.last_line = tenth, now

@@ -1,0 +1,137 @@
+"""`alexnet-jax download` against a loopback HTTP server (127.0.0.1) serving the release files:
+a full download, a dropped connection resumed, wrong bytes, a 404 then the mirror, no server."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from alexnet_jax.download import download
+from alexnet_jax.fashion_mnist import GZ_SHA256, DataError, load_split
+
+NAMES = tuple(GZ_SHA256)
+
+
+class ReleaseServer(http.server.ThreadingHTTPServer):
+    """Serves DATA/NAME at /MODE/NAME: ok, drop (the first answer for each file breaks off
+    halfway), wrong (a byte flipped), missing (404). Records every request's Range header."""
+
+    def __init__(self, data: Path):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.data, self.requests, self.dropped = data, [], set()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        _, mode, name = self.path.split("/")
+        self.server.requests.append((mode, name, self.headers.get("Range")))
+        if mode == "missing" or name not in NAMES:
+            self.send_error(404)
+            return
+        body = (self.server.data / name).read_bytes()
+        if mode == "wrong":
+            body = body[:1000] + bytes([body[1000] ^ 0xFF]) + body[1001:]
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get(
+            "Range") else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if mode == "drop" and name not in self.server.dropped:
+            self.server.dropped.add(name)
+            self.wfile.write(body[start:start + (len(body) - start) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # the connection breaks off
+            return
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(fashion_mnist_dir):
+    srv = ReleaseServer(fashion_mnist_dir)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def assert_cached(cache: Path, data: Path) -> None:
+    assert sorted(p.name for p in cache.iterdir()) == sorted(NAMES)  # no .part left
+    for name in NAMES:
+        assert (cache / name).read_bytes() == (data / name).read_bytes()
+
+
+def test_full_download_then_nothing_to_fetch(server, fashion_mnist_dir, tmp_path):
+    srv, url = server
+    cache = download(tmp_path / "cache", base_urls=[f"{url}/ok/"], out=lambda *a: None)
+    assert_cached(cache, fashion_mnist_dir)
+    count = len(srv.requests)
+    assert count == 4
+    download(cache, base_urls=[f"{url}/ok/"])  # all there and whole: no request
+    assert len(srv.requests) == count
+
+
+def test_dropped_connection_is_resumed(server, fashion_mnist_dir, tmp_path):
+    srv, url = server
+    lines = []
+    cache = download(tmp_path / "cache", base_urls=[f"{url}/drop/"], out=lines.append)
+    assert_cached(cache, fashion_mnist_dir)
+    ranges = [r for mode, name, r in srv.requests if r]
+    assert len(ranges) == 4 and all(int(r.split("=")[1].rstrip("-")) > 0 for r in ranges)
+    assert any("connection dropped" in line and "resuming" in line for line in lines)
+
+
+def test_wrong_bytes_are_refused_and_not_kept(server, tmp_path):
+    _, url = server
+    with pytest.raises(DataError, match="served wrong bytes"):
+        download(tmp_path / "cache", base_urls=[f"{url}/wrong/"], out=lambda *a: None)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_404_on_the_first_url_uses_the_mirror(server, fashion_mnist_dir, tmp_path):
+    srv, url = server
+    cache = download(tmp_path / "cache", base_urls=[f"{url}/missing/", f"{url}/ok/"],
+                     out=lambda *a: None)
+    assert_cached(cache, fashion_mnist_dir)
+    assert [mode for mode, *_ in srv.requests].count("missing") == 4
+
+
+def test_no_server_fails_fast_with_the_offline_message(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match="Offline.*release files") as err:
+        download(tmp_path / "cache", base_urls=[f"http://127.0.0.1:{port}/"])
+    assert time.monotonic() - t0 < 10 and "no answer" in str(err.value)
+
+
+def test_first_use_downloads_into_the_cache(server, tmp_path, monkeypatch):
+    """No --manual-dir: the split comes from $FASHION_MNIST_DIR (the cache), filled on use."""
+    from alexnet_jax import download as downloads
+
+    _, url = server
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(downloads, "BASE_URLS", (f"{url}/ok/",))
+    split = load_split("test", source="idx")
+    assert len(split) == 10000 and (tmp_path / "cache" / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+@pytest.mark.parametrize("source", ["idx", "tfds"])
+def test_manual_dir_without_the_files_fails_at_once(source, tmp_path, capsys):
+    from alexnet_jax.cli import main
+
+    t0 = time.monotonic()
+    assert main(["train", "--workdir", str(tmp_path / "w"), "--source", source,
+                 "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path / "tfds")]) == 1
+    assert time.monotonic() - t0 < 10
+    first = capsys.readouterr().err.splitlines()[0]
+    assert all(name in first for name in NAMES), first
