@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from .profiling import step_range
@@ -43,6 +44,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-jax", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's, absl's and orbax's own log lines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train (or resume) d2l's run; defaults reproduce d2l")
@@ -167,8 +170,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_logs() -> None:
+    """TensorFlow's, absl's and orbax's log lines off: what matters reaches the user as our
+    own lines, and an error as one."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_logs()
     try:
         return run(args)
     except KeyboardInterrupt:

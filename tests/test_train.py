@@ -166,6 +166,19 @@ def test_evaluate_missing_workdir_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "does not exist" in err
 
 
+def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir):
+    """A successful evaluate prints its one result line and nothing on stderr (no absl,
+    orbax or TensorFlow lines); --verbose brings them back."""
+    cmd = [sys.executable, "-m", "alexnet_jax.cli", "evaluate", "--workdir", str(trained),
+           "--manual-dir", str(fashion_mnist_dir), "--limit-test", "4"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert quiet.stdout.startswith("checkpoint step 6: test loss")
+    verbose = subprocess.run([*cmd[:3], "--verbose", *cmd[3:]], capture_output=True, text=True,
+                             timeout=300)
+    assert verbose.returncode == 0 and "WARNING:absl" in verbose.stderr
+
+
 def test_summary_shapes_and_params(capsys):
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
