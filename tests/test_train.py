@@ -179,6 +179,25 @@ def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir):
     assert verbose.returncode == 0 and "WARNING:absl" in verbose.stderr
 
 
+def test_every_flag_has_help_and_its_default(capsys):
+    from alexnet_jax.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)  # every flag says what it does
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        text = capsys.readouterr().out
+        assert f"examples:\n  alexnet-jax {name}" in text, name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("runs/alexnet", "10", "128", "0.01", "device", "auto", "3", "float32"):
+        assert f"(default: {default})" in text, default
+
+
 def test_summary_shapes_and_params(capsys):
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
