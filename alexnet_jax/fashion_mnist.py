@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
+# d2l's get_fashion_mnist_labels, in label order.
+CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+               "bag", "ankle boot")
 SPLITS = ("train", "test")
 FILES = {
     ("train", "images"): "train-images-idx3-ubyte",

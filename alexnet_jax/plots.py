@@ -26,7 +26,8 @@ def plot_curves(points: list[dict], path: str | Path, num_epochs: int) -> None:
     ax.plot([p["epoch"] for p in train], [p["train_acc"] for p in train], "m--",
             label="train acc")
     ax.plot([p["epoch"] for p in test], [p["test_acc"] for p in test], "g-.", label="test acc",
-            marker="o" if len(test) == 1 else None)  # one epoch: a line needs two points
+            marker="o" if len(test) == 1 else None,  # one epoch: a line needs two points
+            clip_on=False)  # the last point sits on the right edge: never cut in half
     ax.set_xlabel("epoch")
     first = min((p["epoch"] for p in train), default=1.0)
     ax.set_xlim(min(1.0, first), max(num_epochs, 1.0 + 1e-9))  # d2l: [1, num_epochs]
@@ -65,8 +66,9 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path):
     return fig
 
 
-def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path) -> None:
-    """A row-wrapped grid of 28x28 images, each titled 'true\\npredicted' as in d2l."""
+def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path, wrong=None):
+    """A row-wrapped grid of 28x28 images, each titled 'true\\npredicted' as in d2l; the
+    titles of wrong predictions in red. Returns the figure."""
     plt = _pyplot()
     n = len(images)
     cols = min(n, 10)
@@ -75,9 +77,11 @@ def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path) ->
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, image, title in zip(axes.ravel(), images, titles):
+    wrong = np.zeros(n, bool) if wrong is None else np.asarray(wrong)
+    for ax, image, title, bad in zip(axes.ravel(), images, titles, wrong):
         ax.imshow(image, cmap="gray")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=8, color="red" if bad else "black")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig

@@ -48,7 +48,8 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState
 
 def evaluate_command(args) -> None:
     state, step = load_state(args.workdir, args.step)
-    split = load_split("test", args.source, args.data_dir, args.manual_dir).head(args.limit_test)
+    limit = args.limit_test or saved_config(args.workdir).limit_test  # the run's own, by default
+    split = load_split("test", args.source, args.data_dir, args.manual_dir).head(limit)
     result = evaluate(state, make_pipeline(args.pipeline, split, 256, False, 0))
     print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "
           f"{result['acc']:.4f} on {result['count']} test images")
@@ -69,7 +70,7 @@ def predict_command(args) -> None:
     split = load_split("test", args.source, args.data_dir, args.manual_dir).head(args.num)
     predicted = predict_classes(state, split.images)
     titles = [f"{CLASS_NAMES[t]}\n{CLASS_NAMES[p]}" for t, p in zip(split.labels, predicted)]
-    plot_predictions(split.images, titles, args.out)
+    plot_predictions(split.images, titles, args.out, wrong=split.labels != predicted)
     print(f"checkpoint step {step}; true -> predicted for the first {len(titles)} test images:")
     for i, (t, p) in enumerate(zip(split.labels, predicted)):
         mark = "" if t == p else "   (wrong)"

@@ -136,7 +136,17 @@ def test_predict_writes_grid_and_text(trained, fashion_mnist_dir, tmp_path, caps
                  "--manual-dir", str(fashion_mnist_dir), "--source", "idx"]) == 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
-    assert "Ankle boot ->" in text and "Pullover ->" in text  # test images 0 and 1
+    assert "ankle boot ->" in text and "pullover ->" in text  # d2l's names of images 0 and 1
+
+
+def test_wrong_predictions_are_titled_in_red(tmp_path):
+    from alexnet_jax.plots import plot_predictions
+
+    images = np.zeros((3, 28, 28), np.uint8)
+    fig = plot_predictions(images, ["bag\nbag", "coat\nshirt", "dress\ndress"],
+                           tmp_path / "p.png", wrong=[False, True, False])
+    colours = [ax.title.get_color() for ax in fig.axes[:3]]
+    assert colours == ["black", "red", "black"]
 
 
 def test_nonfinite_loss_stops_and_keeps_checkpoint(fashion_mnist_dir, tmp_path, capsys):
@@ -170,10 +180,11 @@ def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir):
     """A successful evaluate prints its one result line and nothing on stderr (no absl,
     orbax or TensorFlow lines); --verbose brings them back."""
     cmd = [sys.executable, "-m", "alexnet_jax.cli", "evaluate", "--workdir", str(trained),
-           "--manual-dir", str(fashion_mnist_dir), "--limit-test", "4"]
+           "--manual-dir", str(fashion_mnist_dir)]
     quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.startswith("checkpoint step 6: test loss")
+    assert "on 4 test images" in quiet.stdout  # the run's own --limit-test, by default
     verbose = subprocess.run([*cmd[:3], "--verbose", *cmd[3:]], capture_output=True, text=True,
                              timeout=300)
     assert verbose.returncode == 0 and "WARNING:absl" in verbose.stderr
