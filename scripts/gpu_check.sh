@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of alexnet-jax in one call, for a machine lent for minutes: the machine and
+# Every GPU check of alexnet-jax in one call, for a GPU machine held for minutes: the machine and
 # versions, d2l's full run (10 epochs, batch 128, TF-free: --source idx, device pipeline),
 # then the benchmark (step rows for every variant and batch size, epoch rows).
 #
