@@ -22,9 +22,10 @@ import numpy as np
 from .fast_malloc import loaded_allocator
 from .parallel import batch_sharding, make_mesh, put_replicated
 from .profiling import StepTracer
-from .run_dir import build_model, package_versions
+from .run_dir import build_model
 from .steps import compile_steps, create_train_state, empty_metrics, jit_steps
 from .summary import forward_flops
+from .versions import package_versions
 
 # Dense peak TFLOP/s per chip by device_kind substring, (float32 without TF32, bfloat16): NVIDIA
 # datasheets (H100/H200 SXM, A100, V100 FP16, L4) and Google Cloud TPU system architecture

@@ -6,7 +6,6 @@ here, so the layout of each record is defined once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -15,7 +14,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import flax.linen as nn
@@ -29,12 +27,14 @@ from .model import AlexNet
 from .parallel import is_primary
 from .pool import max_pool
 from .steps import TrainState
+from .versions import package_versions
 
 # What a run writes into its work dir (besides train.lock).
 RECORDS = ("config.json", "metrics.jsonl", "curves.png", "tensorboard", "checkpoints",
            "checkpoint_digests", "corrupted_checkpoints")
 # Settings that define a run: a work dir refuses to continue with other values.
-RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes")
+RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes",
+                "dropout")
 # --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
 DTYPES = {"float32": (None, jnp.float32), "bfloat16": (jnp.bfloat16, jnp.float32),
           "float64": (jnp.float64, jnp.float64)}
@@ -65,6 +65,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     dtype: str = "float32"
     num_classes: int = 10
+    dropout: float = 0.5
     strict_checkpoints: bool = False
     profile_steps: tuple[int, int] | None = None
 
@@ -74,11 +75,11 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
-def build_model(dtype: str = "float32", num_classes: int = 10) -> AlexNet:
+def build_model(dtype: str = "float32", num_classes: int = 10, dropout: float = 0.5) -> AlexNet:
     """d2l's AlexNet in `dtype` (a --dtype name), with the CPU-fast conv and pool."""
     compute, param = DTYPES[dtype]
-    return AlexNet(num_classes=num_classes, dtype=compute, param_dtype=param, conv=FAST_CONV,
-                   pool=FAST_POOL)
+    return AlexNet(num_classes=num_classes, dropout_rate=dropout, dtype=compute,
+                   param_dtype=param, conv=FAST_CONV, pool=FAST_POOL)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -90,6 +91,8 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if not 0 <= config.dropout < 1:
+        raise ValueError(f"--dropout is a probability from 0 to below 1, got {config.dropout}")
     if config.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {config.dtype}")
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -105,17 +108,6 @@ def check_config(config: TrainConfig) -> None:
     if not 0 <= config.seed < 2**63:
         raise ValueError(f"--seed must be from 0 to 2**63 - 1 (what JAX's and NumPy's random "
                          f"generators take), got {config.seed}")
-
-
-def package_versions(names=("alexnet-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
-                            "tensorflow-datasets", "tensorflow", "tensorflow-cpu", "numpy",
-                            "torch")) -> dict[str, str]:
-    """Installed versions of `names` (those not installed are left out)."""
-    versions = {}
-    for name in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
 
 
 def read_config(workdir: str | Path) -> dict:

@@ -48,16 +48,19 @@ def cross_entropy(logits, labels):
     return jnp.where(real, losses, 0.0)
 
 
-def empty_metrics() -> dict[str, jax.Array]:
-    return {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
-            "count": jnp.zeros((), jnp.int32)}
+def empty_metrics(state: TrainState | None = None) -> dict[str, jax.Array]:
+    """Zero sums; the loss sum in float32, or float64 for float64 params (as d2l's
+    Accumulator sums in Python floats), so that float64 runs report to float64 precision."""
+    wide = state is not None and jax.tree.leaves(state.params)[0].dtype == jnp.float64
+    return {"loss_sum": jnp.zeros((), jnp.float64 if wide else jnp.float32),
+            "correct": jnp.zeros((), jnp.int32), "count": jnp.zeros((), jnp.int32)}
 
 
 def _batch_metrics(losses, logits, labels) -> dict[str, jax.Array]:
     """Sums over the real examples of a batch."""
     real = is_real(labels)
     return {
-        "loss_sum": jnp.sum(losses.astype(jnp.float32)),
+        "loss_sum": jnp.sum(losses),  # float32 (logits are float32 or wider), float64 in x64
         "correct": jnp.sum(real & (jnp.argmax(logits, -1) == labels)).astype(jnp.int32),
         "count": jnp.sum(real).astype(jnp.int32),
     }
@@ -132,7 +135,7 @@ def compile_steps(steps: Steps, state, metrics, pipeline):
 def evaluate(state: TrainState, pipeline) -> dict[str, float]:
     """Test loss and accuracy over every example of `pipeline`, dropout off."""
     eval_step = jit_steps(pipeline.mesh).eval
-    metrics = put_replicated(empty_metrics(), pipeline.mesh)
+    metrics = put_replicated(empty_metrics(state), pipeline.mesh)
     for batch in pipeline.epoch(0):
         metrics = eval_step(state, batch.images, batch.labels, metrics)
     m = jax.device_get(metrics)

@@ -90,9 +90,9 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
     train_pipe, test_pipe = (make_pipeline(config.pipeline, split, config.batch_size, shuffle,
                                            config.seed, mesh)
                              for split, shuffle in zip(splits, (True, False)))
-    model = run_dir.build_model(config.dtype, config.num_classes)
+    model = run_dir.build_model(config.dtype, config.num_classes, config.dropout)
     state = put_replicated(create_train_state(model, config.seed, config.lr), mesh)
-    epoch_metrics = put_replicated(empty_metrics(), mesh)
+    epoch_metrics = put_replicated(empty_metrics(state), mesh)
     totals = run_dir.empty_totals()
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     target = run_dir.checkpoint_tree(state, epoch_metrics, totals)
@@ -102,7 +102,10 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
     if restored is not None:
         state = run_dir.state_from_tree(state, restored)
         epoch_metrics, totals = restored["epoch_metrics"], restored["totals"]
-        if step < len(train_pipe) * config.epochs:  # a finished run says so, later
+        if step == 0:  # a converted checkpoint: given weights, nothing trained yet
+            out(f"starting from the weights in the checkpoint at step 0 "
+                f"({provenance.get('converted_from', 'converted')})")
+        elif step < len(train_pipe) * config.epochs:  # a finished run says so, later
             out(f"resuming from the checkpoint at step {step} (epoch "
                 f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
     elif saved:
@@ -202,7 +205,7 @@ def end_epoch(run: Run, state, epoch_metrics, epoch: int, step_seconds: float | 
                  epoch_examples_per_sec=None if step_seconds is None else count / step_seconds)
     run.log.add(point)
     run.out(progress_line(point, run.total_steps))
-    epoch_metrics = put_replicated(empty_metrics(), run.train_pipe.mesh)
+    epoch_metrics = put_replicated(empty_metrics(state), run.train_pipe.mesh)
     run.save(point["step"], state, epoch_metrics)
     if is_primary():
         plot_curves(run.log.points, run.workdir / "curves.png", run.config.epochs)

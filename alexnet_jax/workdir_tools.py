@@ -37,7 +37,7 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState
     try:
         if not mngr.all_steps():
             raise RunError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
-        target = checkpoint_tree(state, empty_metrics(), empty_totals())
+        target = checkpoint_tree(state, empty_metrics(state), empty_totals())
         found, tree = checkpoints.restore_latest(mngr, target, step=step)
     finally:
         mngr.close()
@@ -105,20 +105,27 @@ def convert_command(args) -> None:
         raise RunError(f"{source} has a {classes}-class head ('20.bias' of shape ({classes},)); "
                        f"Fashion-MNIST has {len(CLASS_NAMES)} classes, so it cannot be evaluated "
                        "or trained here")
-    workdir = Path(args.workdir)
+    config = TrainConfig(workdir=args.workdir, num_classes=classes)
+    start_from(config, params, source)
+    print(f"converted {source} into a checkpoint at step 0 in {args.workdir}")
+
+
+def start_from(config: TrainConfig, params, source) -> None:
+    """A new work dir whose checkpoint at step 0 holds `params` (Flax numpy arrays, from
+    `source`): `train` on it starts from those weights instead of d2l's random init."""
+    workdir = Path(config.workdir)
     if checkpoints.checkpoint_dir(workdir).exists() and any(
             checkpoints.checkpoint_dir(workdir).iterdir()):
         raise RunError(f"{workdir} already holds checkpoints; convert into a new work dir")
-    config = TrainConfig(workdir=str(workdir), num_classes=classes)
     state = create_train_state(build_model(config.dtype, config.num_classes), config.seed,
                                config.lr, params=params)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, config, only=("num_classes",), extra={"converted_from": str(source)})
+    write_config(workdir, config, only=("num_classes", "dtype"),
+                 extra={"converted_from": str(source)})
     mngr = checkpoints.manager(workdir)
-    checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(), empty_totals()))
+    checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(state), empty_totals()))
     mngr.wait_until_finished()
     mngr.close()
-    print(f"converted {source} into a checkpoint at step 0 in {workdir}")
 
 
 def plot_command(args) -> None:

@@ -158,7 +158,7 @@ def test_sgd_trajectory_float64_real(test_split, report):
                                               torch.from_numpy(labels).long()).backward()
             opt.step()
             state, _ = jit_steps(make_mesh()).train(state, jnp.asarray(x),
-                                                    jnp.asarray(labels), empty_metrics())
+                                                    jnp.asarray(labels), empty_metrics(state))
         ours = params_to_torch(jax.device_get(state.params), as_tensors=False)
     theirs = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     errors = {k: rel_err(ours[k], theirs[k]) for k in theirs}
