@@ -19,10 +19,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from .bench_table import markdown
 from .fast_malloc import loaded_allocator
 from .parallel import batch_sharding, make_mesh, put_replicated
 from .profiling import StepTracer
-from .run_dir import build_model
+from .progress import Progress
+from .run_dir import build_model, write_atomic
 from .steps import compile_steps, create_train_state, empty_metrics, jit_steps
 from .summary import forward_flops
 from .versions import package_versions
@@ -151,7 +153,8 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
 
 
 def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
-                  epoch_split=None, profile=None) -> dict:
+                  epoch_split=None, profile=None, on_row=lambda result: None) -> dict:
+    """Every (batch, variant) row; `on_row` gets the result so far after each one."""
     names = list(JAX_VARIANTS) + (["torch-eager", "torch-compile"] if with_torch else [])
     if epoch_split is not None:
         names += ["epoch-device", "epoch-host"]
@@ -162,74 +165,55 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
         names = [n for n in names if n in variants]
     device_kind = jax.devices()[0].device_kind
     analytic = 3 * forward_flops()
-    rows = []
+    versions = package_versions(("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"))
+    result = {"device_kind": device_kind, "platform": jax.devices()[0].platform,
+              "host": platform.node(), "versions": versions, "malloc": loaded_allocator(),
+              "steps": steps, "warmup": warmup, "rows": []}
+    progress = Progress("benchmark", len(batch_sizes) * len(names), unit="rows")
     for batch in batch_sizes:
         for name in names:
-            try:
-                if name.startswith("jax"):
-                    row = bench_jax(name, batch, steps, warmup, profile)
-                elif name.startswith("epoch"):
-                    row = bench_epoch(name.removeprefix("epoch-"), batch, epoch_split)
-                else:
-                    row = bench_torch(name, batch, steps, warmup)
-            except ImportError as err:
-                print(f"skipping {name}: {err}")
-                continue
-            except Exception as err:  # torch.compile needs a compiler toolchain, for one
-                rows.append({"variant": name, "batch": batch, "error": f"{type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}"})
-                continue
-            flops = row["xla_flops_per_image"] or analytic
-            row["analytic_flops_per_image"] = analytic
-            row["tflops_per_sec"] = flops * row["images_per_sec"] / 1e12
-            peak = peak_flops(device_kind, bf16=name == "jax-bf16")
-            row["mfu"] = None if peak is None else row["tflops_per_sec"] * 1e12 / peak
-            rows.append(row)
-    for batch in batch_sizes:  # JAX over PyTorch eager, same batch, same run
-        eager = next((r for r in rows if r["variant"] == "torch-eager" and r["batch"] == batch
-                      and "error" not in r), None)
-        for r in rows:
-            if r["batch"] == batch and "error" not in r and "epoch_s" not in r:
-                r["vs_torch_eager"] = r["images_per_sec"] / eager["images_per_sec"] \
-                    if eager else None
-    versions = package_versions(("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"))
-    return {"device_kind": device_kind, "platform": jax.devices()[0].platform,
-            "host": platform.node(), "versions": versions, "malloc": loaded_allocator(),
-            "steps": steps, "warmup": warmup, "rows": rows}
+            row = bench_row(name, batch, steps, warmup, profile, epoch_split, analytic,
+                            device_kind)
+            if row is not None:
+                result["rows"].append(row)
+                add_ratios(result["rows"])
+                on_row(result)
+            progress.update(1)
+    return result
 
 
-def _fmt(value, spec):
-    return "-" if value is None else format(value, spec)
+def bench_row(name, batch, steps, warmup, profile, epoch_split, analytic, device_kind):
+    """One row: images/s and what follows from it, the error that stopped it, or None
+    where the variant's framework is not installed."""
+    try:
+        if name.startswith("jax"):
+            row = bench_jax(name, batch, steps, warmup, profile)
+        elif name.startswith("epoch"):
+            row = bench_epoch(name.removeprefix("epoch-"), batch, epoch_split)
+        else:
+            row = bench_torch(name, batch, steps, warmup)
+    except ImportError as err:
+        print(f"skipping {name}: {err}")
+        return None
+    except Exception as err:  # torch missing, or torch.compile without a toolchain, say
+        return {"variant": name, "batch": batch, "error": f"{type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}"}
+    flops = row["xla_flops_per_image"] or analytic
+    row["analytic_flops_per_image"] = analytic
+    row["tflops_per_sec"] = flops * row["images_per_sec"] / 1e12
+    peak = peak_flops(device_kind, bf16=name == "jax-bf16")
+    row["mfu"] = None if peak is None else row["tflops_per_sec"] * 1e12 / peak
+    return row
 
 
-def markdown(result: dict) -> str:
-    lines = [f"device: {result['device_kind']} ({result['platform']}); steps {result['steps']} "
-             f"after {result['warmup']} warm-up; malloc {result['malloc']}; "
-             f"versions {result['versions']}", "",
-             "| variant | batch | images/s | vs torch eager | step ms median (p10-p90) | "
-             "compile s | GFLOP/img (XLA) | TFLOP/s | MFU | peak mem GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['variant']} | {r['batch']} | failed: {r['error']} |"
-                         " | | | | | | |")
-            continue
-        mem = r["peak_memory_bytes"]
-        lines.append(
-            f"| {r['variant']} | {r['batch']} | {r['images_per_sec']:.1f} | "
-            f"{_fmt(r.get('vs_torch_eager'), '.2f')} | {r['step_ms_median']:.1f} "
-            f"({r['step_ms_p10']:.1f}-{r['step_ms_p90']:.1f}) | {_fmt(r['compile_s'], '.1f')} | "
-            f"{_fmt(r['xla_flops_per_image'] and r['xla_flops_per_image'] / 1e9, '.2f')} | "
-            f"{r['tflops_per_sec']:.3f} | {_fmt(r['mfu'], '.1%')} | "
-            f"{_fmt(mem and mem / 2**30, '.2f')} |")
-    lines.append(f"analytic training FLOPs per image: {3 * forward_flops() / 1e9:.2f} GFLOP "
-                 "(3 x forward)")
-    for r in result["rows"]:
-        if "epoch_s" in r:
-            lines.append(f"{r['variant']}, batch {r['batch']}: {r['epoch_images']} images in "
-                         f"{r['epoch_s']:.1f} s end to end ({r['images_per_sec']:.1f} images/s); "
-                         f"steps alone {r['step_images_per_sec']:.1f} images/s (d2l's figure)")
-    return "\n".join(lines)
+def add_ratios(rows) -> None:
+    """JAX over PyTorch eager at the same batch, measured in the same run."""
+    for r in rows:
+        eager = next((e for e in rows if e["variant"] == "torch-eager"
+                      and e["batch"] == r["batch"] and "error" not in e), None)
+        if "error" not in r and "epoch_s" not in r:
+            r["vs_torch_eager"] = r["images_per_sec"] / eager["images_per_sec"] \
+                if eager else None
 
 
 def main(args) -> int:
@@ -239,11 +223,12 @@ def main(args) -> int:
 
         epoch_split = load_split("train", args.source, args.data_dir,
                                  args.manual_dir).head(args.epoch_images or None)
+    def write(result):  # after every row, so that a time-out still leaves what was measured
+        write_atomic(Path(args.json), json.dumps(result, indent=2))
+
     result = run_benchmark(args.batch_size, args.steps, args.warmup, args.variants,
                            with_torch=not args.no_torch, epoch_split=epoch_split,
-                           profile=args.profile)
+                           profile=args.profile, on_row=write)
     print(markdown(result))
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=2)
     print(f"wrote {args.json}")
     return 0

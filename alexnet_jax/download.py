@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import http.client
 import os
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from .fashion_mnist import DataError, missing_files, read_idx, where_to_put_files
+from .progress import Progress
 
 BASE_URLS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -88,7 +87,8 @@ def _fetch(url: str, part: Path, out, timeout: float) -> None:
         if response.status != 206:
             have = 0  # the whole file follows
         total = have + int(response.headers.get("Content-Length") or 0)
-        progress = Progress(part.name.removesuffix(".part"), total, have, out)
+        progress = Progress(part.name.removesuffix(".part"), total, have, out, unit="MB",
+                            scale=1e6)
         try:
             with part.open("ab" if have else "wb") as f:
                 while chunk := response.read(1 << 16):
@@ -99,32 +99,3 @@ def _fetch(url: str, part: Path, out, timeout: float) -> None:
                               f"({type(err).__name__})") from None
     if total and part.stat().st_size < total:
         raise Unavailable(f"connection dropped at {part.stat().st_size} of {total} bytes")
-
-
-class Progress:
-    """A bar with ETA on a terminal; elsewhere a line every 10% or 30 s."""
-
-    def __init__(self, name: str, total: int, done: int, out):
-        self.name, self.total, self.done, self.out = name, total, done, out
-        self.start, self.last_line, self.last_tenth = time.monotonic(), time.monotonic(), -1
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, desc=name, unit="B", unit_scale=True)
-
-    def update(self, size: int) -> None:
-        self.done += size
-        if self.bar is not None:
-            self.bar.update(size)
-            if self.done >= self.total:
-                self.bar.close()
-            return
-        tenth = 10 * self.done // max(self.total, 1)
-        now = time.monotonic()
-        if tenth > self.last_tenth or now - self.last_line > 30:
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / max(rate, 1e-9)
-            self.out(f"{self.name}: {self.done / 1e6:.1f} of {self.total / 1e6:.1f} MB, "
-                     f"ETA {eta:.0f} s")
-            self.last_tenth, self.last_line = tenth, now

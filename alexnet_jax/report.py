@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from .parallel import device_name
+from .progress import duration
 from .run_dir import MetricsLog, RunError
 
 
@@ -29,3 +30,18 @@ def closing_report(log: MetricsLog, totals: dict, out=print) -> dict:
         out(f"{speed / jax.device_count():.1f} examples/sec per device")
     out(f"wall time {last['wall_seconds']:.1f} s")
     return {**last, "examples_per_sec": speed}
+
+
+D2L_STEPS, D2L_BATCH = 10 * 469, 128  # d2l's full run: 10 epochs of 469 batches of 128
+QUICK_RUN = ("alexnet-jax train --limit-train 512 --limit-test 256 --epochs 2 --batch-size 32 "
+             "--workdir runs/quick")
+
+
+def cpu_estimate(step_seconds: float, batch_size: int, steps_left: int) -> str:
+    """How long this run's steps, and d2l's full run, take on this CPU at the measured pace."""
+    line = (f"on this CPU a step takes {step_seconds:.2f} s: the {steps_left} steps left take "
+            f"about {duration(step_seconds * steps_left)} (steps alone)")
+    if (steps_left, batch_size) != (D2L_STEPS, D2L_BATCH):
+        d2l = step_seconds / batch_size * D2L_BATCH * D2L_STEPS  # time per image scales
+        line += f"; d2l's full run would take roughly {duration(d2l)} here"
+    return line + f". d2l's full run is a GPU job; a quick run: {QUICK_RUN}"

@@ -132,12 +132,16 @@ def compile_steps(steps: Steps, state, metrics, pipeline):
     return train, time.perf_counter() - t0
 
 
-def evaluate(state: TrainState, pipeline) -> dict[str, float]:
-    """Test loss and accuracy over every example of `pipeline`, dropout off."""
+def evaluate(state: TrainState, pipeline, progress=None) -> dict[str, float]:
+    """Test loss and accuracy over every example of `pipeline`, dropout off; `progress`
+    (a progress.Progress in examples) follows each finished batch."""
     eval_step = jit_steps(pipeline.mesh).eval
     metrics = put_replicated(empty_metrics(state), pipeline.mesh)
     for batch in pipeline.epoch(0):
         metrics = eval_step(state, batch.images, batch.labels, metrics)
+        if progress is not None:
+            jax.block_until_ready(metrics)
+            progress.update(batch.size)
     m = jax.device_get(metrics)
     return {"loss": float(m["loss_sum"]) / int(m["count"]),
             "acc": int(m["correct"]) / int(m["count"]), "count": int(m["count"])}

@@ -24,10 +24,13 @@ from .input_pipeline import make_pipeline
 from .parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from .plots import plot_curves
 from .profiling import StepTracer
-from .report import closing_report, progress_line
+from .progress import Progress
+from .report import closing_report, cpu_estimate, progress_line
 from .run_dir import RunError, TrainConfig
 from .steps import TrainState, compile_steps, create_train_state, empty_metrics, evaluate, jit_steps
 from .stops import Interrupted, SignalFlag
+
+ESTIMATE_AFTER = 3  # steps timed before a CPU run estimates how long it takes
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Run:
     flag: SignalFlag | None = None
     last_saved: int = 0
     train_step: Any = None  # compiled ahead of time for each batch shape
+    progress: Progress | None = None  # lines with an ETA where stderr is not a terminal
+    estimate_at: int = 0  # the global step after which a CPU run says how long it takes
 
     @property
     def steps_per_epoch(self) -> int:
@@ -131,6 +136,9 @@ def train_epochs(run: Run, state, epoch_metrics):
     run.train_step, seconds = compile_steps(jit_steps(run.train_pipe.mesh), state, epoch_metrics,
                                             run.train_pipe)
     run.out(f"compiled the train step in {seconds:.1f} s (not counted in examples/sec)")
+    if not (sys.stderr.isatty() and is_primary()):
+        run.progress = Progress("train", run.total_steps, start_step, run.out, tty=False)
+    run.estimate_at = start_step + ESTIMATE_AFTER
     if run.config.profile_steps:  # (first, last) global steps
         run.train_step = StepTracer(run.train_step, *run.config.profile_steps, start_step,
                                     run.workdir / "profile")
@@ -166,7 +174,11 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
         run.totals["train_seconds"] = run.totals["train_seconds"] + dt
         run.totals["train_examples"] = run.totals["train_examples"] + batch.size
         bar.update(1)
+        if run.progress:
+            run.progress.update(1)
         global_step = epoch * run.steps_per_epoch + i + 1
+        if global_step == run.estimate_at and jax.default_backend() == "cpu":
+            run.out(cpu_estimate(dt, run.config.batch_size, run.total_steps - global_step))
         last = i + 1 == run.steps_per_epoch
         if (i + 1) % log_every == 0 or last:
             point = point_at(run, epoch_metrics, global_step)

@@ -12,6 +12,7 @@ from .fashion_mnist import CLASS_NAMES, load_split
 from .input_pipeline import make_pipeline
 from .parallel import make_mesh, put_replicated
 from .preprocess import model_input
+from .progress import Progress
 from .run_dir import (
     RunError,
     TrainConfig,
@@ -50,7 +51,9 @@ def evaluate_command(args) -> None:
     state, step = load_state(args.workdir, args.step)
     limit = args.limit_test or saved_config(args.workdir).limit_test  # the run's own, by default
     split = load_split("test", args.source, args.data_dir, args.manual_dir).head(limit)
-    result = evaluate(state, make_pipeline(args.pipeline, split, 256, False, 0))
+    progress = Progress("evaluate", len(split), unit="images")
+    result = evaluate(state, make_pipeline(args.pipeline, split, 256, False, 0), progress)
+    progress.close()
     print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "
           f"{result['acc']:.4f} on {result['count']} test images")
 
@@ -59,8 +62,13 @@ def predict_classes(state: TrainState, images: np.ndarray, batch: int = PREDICT_
     """Predicted classes of uint8 28x28 `images`, `batch` at a time (bounded memory)."""
     classify = jax.jit(lambda params, x: jax.numpy.argmax(
         state.apply_fn({"params": params}, model_input(x), train=False), -1))
-    return np.concatenate([np.asarray(classify(state.params, images[i:i + batch]))
-                           for i in range(0, len(images), batch)])
+    progress = Progress("predict", len(images), unit="images") if len(images) > batch else None
+    classes = []
+    for i in range(0, len(images), batch):
+        classes.append(np.asarray(classify(state.params, images[i:i + batch])))
+        if progress:
+            progress.update(len(classes[-1]))
+    return np.concatenate(classes)
 
 
 def predict_command(args) -> None:

@@ -3,7 +3,11 @@
 import json
 import math
 
+import pytest
+
 from alexnet_jax.cli import main
+
+pytestmark = pytest.mark.slow  # every test here runs AlexNet steps
 
 
 def test_benchmark_one_step(tmp_path, capsys):

@@ -147,6 +147,7 @@ def test_real_data_counts_and_order(train_split, test_split):
     assert list(test_split.labels[:10]) == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
 
 
+@pytest.mark.slow
 def test_tfds_and_idx_sources_identical(fashion_mnist_dir, train_split, test_split, tmp_path):
     for name, idx in (("train", train_split), ("test", test_split)):
         tf_split = load_tfds_split(name, data_dir=str(tmp_path / "tfds"),
@@ -155,6 +156,7 @@ def test_tfds_and_idx_sources_identical(fashion_mnist_dir, train_split, test_spl
         np.testing.assert_array_equal(tf_split.labels, idx.labels)
 
 
+@pytest.mark.slow
 def test_every_resized_pixel_equals_pillow(train_split, test_split):
     """Device (JAX) and host (TF) resize give Pillow's pixels: all 10,000 test images and
     10,000 train images spread over the split (all 70,000 were checked once: NOTES.md)."""
@@ -169,6 +171,7 @@ def test_every_resized_pixel_equals_pillow(train_split, test_split):
             np.testing.assert_array_equal(tf_resize(chunk).numpy(), expected)
 
 
+@pytest.mark.slow
 def test_real_pipelines_agree(train_split):
     host, device = HostPipeline(train_split, 128, True, 0), DevicePipeline(train_split, 128,
                                                                            True, 0)

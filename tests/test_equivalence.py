@@ -91,6 +91,7 @@ def test_forward_float32_random(kernels, report):
         assert err <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inputs", ["random", "real"])
 def test_forward_float64(inputs, report, request):
     if inputs == "real":
@@ -106,6 +107,7 @@ def test_forward_float64(inputs, report, request):
     assert got.dtype == np.float64 and err <= 1e-12
 
 
+@pytest.mark.slow
 def test_grads_float32_random(report):
     x, labels = random_images(13), np.array([3, 7], np.int32)
     errors = compare_grads(d2l_net(seed=3), x, labels, torch.float32, jnp.float32,
@@ -113,6 +115,7 @@ def test_grads_float32_random(report):
     assert max(errors.values()) <= 1e-4, errors
 
 
+@pytest.mark.slow
 def test_grads_float64_real(test_split, report):
     x = d2l_images(test_split, 0, BATCH).astype(np.float64)
     labels = test_split.labels[:BATCH]
@@ -121,6 +124,7 @@ def test_grads_float64_real(test_split, report):
     assert max(errors.values()) <= 1e-10, errors
 
 
+@pytest.mark.slow
 def test_grads_float32_real(test_split, report):
     """Real images in float32: a looser, justified bound.
 
@@ -141,6 +145,7 @@ def test_grads_float32_real(test_split, report):
     assert max(dense.values()) <= 1e-4, dense
 
 
+@pytest.mark.slow
 def test_sgd_trajectory_float64_real(test_split, report):
     """5 SGD steps at lr 0.01 without dropout: d2l's update, our jitted train_step."""
     lr, steps = 0.01, 5

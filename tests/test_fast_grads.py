@@ -12,6 +12,8 @@ from jax import lax
 from alexnet_jax.conv import NHWC, conv_general_dilated
 from alexnet_jax.pool import max_pool
 
+pytestmark = pytest.mark.slow  # float64 gradients of every AlexNet layer
+
 # (input HxW, C_in, C_out, kernel, stride, pad): AlexNet's convs (conv1: strided, one channel)
 LAYERS = {"conv1": (224, 1, 96, 11, 4, 1), "conv2": (26, 96, 256, 5, 1, 2),
           "conv3": (12, 256, 384, 3, 1, 1), "conv5": (12, 384, 256, 3, 1, 1)}

@@ -51,6 +51,7 @@ def wait_for(predicate, proc, timeout=240.0, poll=0.01):
     return False
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_resumes(fashion_mnist_dir, tmp_path,
                                                           reference_run):
     workdir = tmp_path / "term"
@@ -67,6 +68,7 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(fashion_mnist_dir, tmp
     assert_same_run(finished(workdir, fashion_mnist_dir), reference_run)
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_save_falls_back_to_the_previous_checkpoint(fashion_mnist_dir,
                                                                      tmp_path):
     """Kill while orbax is writing (its temporary folder exists); retry until that happens."""
@@ -110,6 +112,7 @@ def _corrupt_array_data(checkpoint: Path, how: str) -> Path:
     return target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_corrupted_checkpoint_is_detected(fashion_mnist_dir, tmp_path, how, capsys):
     workdir = tmp_path / how
@@ -154,6 +157,7 @@ def test_corrupted_checkpoint_is_detected(fashion_mnist_dir, tmp_path, how, caps
         p.name for p in aside.iterdir()}
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_earlier_checkpoints(fashion_mnist_dir, tmp_path,
                                                           capsys):
     mount = tmp_path / "small"
@@ -248,6 +252,7 @@ def test_bad_data_dir_is_one_line(tmp_path, capsys):
 # ---- one train per work dir; read-only commands never change a run ----
 
 
+@pytest.mark.slow
 def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, capsys):
     workdir = tmp_path / "w"
     assert main(train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")) == 0
@@ -276,6 +281,7 @@ def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, c
         pass
 
 
+@pytest.mark.slow
 def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_dir, tmp_path,
                                                                capsys):
     workdir = tmp_path / "f64"
@@ -299,6 +305,7 @@ def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_di
 # ---- a stop anywhere resumes to the run that never stopped ----
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", range(1, 7))
 def test_stop_at_any_step_resumes_to_the_same_run(stop_after, fashion_mnist_dir, tmp_path,
                                                    reference_run):
@@ -327,6 +334,7 @@ def _wait_for_line(proc, text: str, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_ends_bit_identical(fashion_mnist_dir, tmp_path,
                                                       reference_run):
     """SIGKILL at 8 random moments (a quarter in start-up, the rest within the first step or
@@ -400,6 +408,7 @@ def test_convert_refuses_weights_that_cannot_work(tmp_path, capsys):
         assert not workdir.exists(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, words", [
     (["--lr", "1e-46"], "--lr 1e-46 is 0 in the float32 parameters"),
     (["--lr", "1e-40"], "is 0 in the float32"),  # a subnormal: flushed to 0
@@ -424,6 +433,7 @@ def test_bad_settings_are_refused_before_anything_is_written(flags, words, fashi
     assert list(tmp_path.iterdir()) == []  # no work dir, nothing in the current directory
 
 
+@pytest.mark.slow
 def test_damaged_records_are_named_and_a_torn_line_is_dropped(fashion_mnist_dir, tmp_path,
                                                               capsys):
     workdir = tmp_path / "w"

@@ -34,6 +34,7 @@ def compare_args(data, out, *settings) -> list[str]:
             *settings]
 
 
+@pytest.mark.slow
 def test_train_loop_equals_d2l_train_ch6(fashion_mnist_dir, tmp_path, x64_restored, report):
     out = tmp_path / "compare"
     # 11 images at batch 2: 6 batches an epoch, the last of 1 image (d2l keeps it).

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import run_record, sigterm_after, train_args
 
 from alexnet_jax.cli import main
@@ -28,6 +29,7 @@ def assert_events_mirror_metrics(workdir) -> None:
     assert {v for _, v in scalars["train/lr"]} == {np.float32(0.01)}
 
 
+@pytest.mark.slow
 def test_events_mirror_metrics_once_also_after_a_stop(fashion_mnist_dir, tmp_path):
     workdir = tmp_path / "w"
     with sigterm_after(4):  # mid-epoch 2 of 2
@@ -42,6 +44,7 @@ def test_events_mirror_metrics_once_also_after_a_stop(fashion_mnist_dir, tmp_pat
     assert_events_mirror_metrics(workdir)
 
 
+@pytest.mark.slow
 def test_events_without_tensorflow(fashion_mnist_dir, tmp_path):
     """The GPU machine has tensorboard but no TensorFlow: a run writes its events there too."""
     workdir = tmp_path / "w"
@@ -53,6 +56,7 @@ def test_events_without_tensorflow(fashion_mnist_dir, tmp_path):
     assert_events_mirror_metrics(workdir)
 
 
+@pytest.mark.slow
 def test_profile_steps_writes_a_trace(fashion_mnist_dir, tmp_path):
     workdir = tmp_path / "w"
     assert main(train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4",

@@ -90,6 +90,7 @@ def test_pipeline_batch_shapes_include_the_padded_last_batch():
     assert sizes(24, 8) == {8}
 
 
+@pytest.mark.slow
 def test_cli_refuses_indivisible_batch_on_four_devices(fashion_mnist_dir, tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     proc = subprocess.run([sys.executable, "-m", "alexnet_jax.cli", "train", "--workdir",
@@ -102,6 +103,7 @@ def test_cli_refuses_indivisible_batch_on_four_devices(fashion_mnist_dir, tmp_pa
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_padding_examples_change_nothing(test_split):
     """A batch of 6 filled up to 8 with padding (label -1) trains exactly like the 6 alone."""
     from alexnet_jax.run_dir import build_model
@@ -134,6 +136,7 @@ def one_device_run(fashion_mnist_dir, tmp_path_factory):
     return tmp / "w", np.load(tmp / "one_e1.npz"), np.load(tmp / "one_e2.npz")
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_and_restore_on_one(one_device_run, fashion_mnist_dir,
                                                    tmp_path, report):
     workdir1, one, one_e2 = one_device_run
@@ -187,6 +190,7 @@ def one_process_run(fashion_mnist_dir, tmp_path_factory):
     return np.load(tmp / "one_e1.npz")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["device", "host"])
 def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, tmp_path,
                                  report):

@@ -25,6 +25,7 @@ def trained(fashion_mnist_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_train_writes_d2l_outputs(trained, capsys):
     files = {p.name for p in trained.iterdir()}
     assert {"metrics.jsonl", "curves.png", "config.json", "checkpoints"} <= files
@@ -41,6 +42,7 @@ def test_train_writes_d2l_outputs(trained, capsys):
                   if p.name.isdigit()) == [3, 6]
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing_and_more_epochs_resume(trained, fashion_mnist_dir, capsys):
     before = params_of(trained)
     assert main(train_args(trained, fashion_mnist_dir)) == 0
@@ -51,10 +53,13 @@ def test_rerun_trains_nothing_and_more_epochs_resume(trained, fashion_mnist_dir,
     out = capsys.readouterr().out
     assert "resuming from the checkpoint at step 6 (epoch 3, batch 0)" in out
     assert "epoch 3.00 step 9/9" in out
+    assert "train: 7 of 9 steps (77%), ETA" in out  # progress lines without a terminal
+    assert "on this CPU a step takes" in out and "d2l's full run would take roughly" in out
     points = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [p["epoch"] for p in points if p["test_acc"] is not None] == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.slow
 def test_conflicting_settings_are_refused(trained, fashion_mnist_dir, capsys):
     args = train_args(trained, fashion_mnist_dir)
     args[args.index("--batch-size") + 1] = "8"
@@ -63,6 +68,7 @@ def test_conflicting_settings_are_refused(trained, fashion_mnist_dir, capsys):
     assert "batch_size=4" in err and "8 now" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
     """compile_steps compiles every batch shape an epoch has; the epoch then compiles nothing
     (the first timed step used to compile again, inside d2l's examples/sec)."""
@@ -88,6 +94,7 @@ def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
     assert int(metrics["count"]) == 10 and compiles == []
 
 
+@pytest.mark.slow
 def test_convert_from_torch_same_accuracy(fashion_mnist_dir, test_split, tmp_path, capsys):
     net = d2l_net(seed=11)
     with torch.no_grad():
@@ -105,6 +112,7 @@ def test_convert_from_torch_same_accuracy(fashion_mnist_dir, test_split, tmp_pat
     assert f"test acc {torch_acc:.4f} on 64 test images" in out
 
 
+@pytest.mark.slow
 def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
     pt = tmp_path / "out.pt"
     assert main(["convert", "--to-torch", str(pt), "--workdir", str(trained)]) == 0
@@ -119,6 +127,7 @@ def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
     assert rel_err(ours, theirs) <= 1e-5
 
 
+@pytest.mark.slow
 def test_predict_works_in_bounded_batches(trained, test_split):
     from alexnet_jax.preprocess import model_input
     from alexnet_jax.workdir_tools import predict_classes
@@ -130,6 +139,7 @@ def test_predict_works_in_bounded_batches(trained, test_split):
     np.testing.assert_array_equal(predict_classes(state, images, batch=3), whole)
 
 
+@pytest.mark.slow
 def test_predict_writes_grid_and_text(trained, fashion_mnist_dir, tmp_path, capsys):
     out_png = tmp_path / "pred.png"
     assert main(["predict", "--workdir", str(trained), "--num", "6", "--out", str(out_png),
@@ -149,6 +159,7 @@ def test_wrong_predictions_are_titled_in_red(tmp_path):
     assert colours == ["black", "red", "black"]
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_checkpoint(fashion_mnist_dir, tmp_path, capsys):
     workdir = tmp_path / "nan"
     args = train_args(workdir, fashion_mnist_dir, 2, "--lr", "1e6")
@@ -176,6 +187,7 @@ def test_evaluate_missing_workdir_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir):
     """A successful evaluate prints its one result line and nothing on stderr (no absl,
     orbax or TensorFlow lines); --verbose brings them back."""

@@ -1,0 +1,42 @@
+# Two commands on a fresh Linux or macOS machine with Python 3.10+:
+#   make train   set up .venv once, then train d2l's run (on the GPU where there is one)
+#   make test    set up .venv once, with PyTorch's CPU build, then run the test suite
+# Arguments pass through: make train ARGS="--epochs 2 --limit-train 512 ..."; make test PYTEST="-m 'not slow'"
+
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?=
+PYTEST ?=
+# The tests need torch, never its CUDA build: PyTorch's CPU index (empty: pip's own sources).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION ?= 2.13.0
+# jax's CUDA plugin where an NVIDIA driver is found: cuda13 or cuda12, as the driver supports.
+CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: \([0-9]*\).*/\1/p')
+JAX_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 12,$(CUDA_MAJOR)),cuda12,cuda13),)
+
+BIN := $(VENV)/bin
+
+.PHONY: train test test-fast
+
+train: $(VENV)/.installed-train
+	$(BIN)/alexnet-jax train $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST)
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-train: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".$(if $(JAX_EXTRA),[$(JAX_EXTRA)])"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@

@@ -1,0 +1,39 @@
+"""The benchmark's result as a markdown table (what benchmarks/results/*.md hold)."""
+
+from __future__ import annotations
+
+from .summary import forward_flops
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"device: {result['device_kind']} ({result['platform']}); steps {result['steps']} "
+             f"after {result['warmup']} warm-up; malloc {result['malloc']}; "
+             f"versions {result['versions']}", "",
+             "| variant | batch | images/s | vs torch eager | step ms median (p10-p90) | "
+             "compile s | GFLOP/img (XLA) | TFLOP/s | MFU | peak mem GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['batch']} | failed: {r['error']} |"
+                         " | | | | | | |")
+            continue
+        mem = r["peak_memory_bytes"]
+        lines.append(
+            f"| {r['variant']} | {r['batch']} | {r['images_per_sec']:.1f} | "
+            f"{_fmt(r.get('vs_torch_eager'), '.2f')} | {r['step_ms_median']:.1f} "
+            f"({r['step_ms_p10']:.1f}-{r['step_ms_p90']:.1f}) | {_fmt(r['compile_s'], '.1f')} | "
+            f"{_fmt(r['xla_flops_per_image'] and r['xla_flops_per_image'] / 1e9, '.2f')} | "
+            f"{r['tflops_per_sec']:.3f} | {_fmt(r['mfu'], '.1%')} | "
+            f"{_fmt(mem and mem / 2**30, '.2f')} |")
+    lines.append(f"analytic training FLOPs per image: {3 * forward_flops() / 1e9:.2f} GFLOP "
+                 "(3 x forward)")
+    for r in result["rows"]:
+        if "epoch_s" in r:
+            lines.append(f"{r['variant']}, batch {r['batch']}: {r['epoch_images']} images in "
+                         f"{r['epoch_s']:.1f} s end to end ({r['images_per_sec']:.1f} images/s); "
+                         f"steps alone {r['step_images_per_sec']:.1f} images/s (d2l's figure)")
+    return "\n".join(lines)

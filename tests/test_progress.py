@@ -1,0 +1,71 @@
+"""Long work reports progress with an ETA, also where output is not a terminal."""
+
+from __future__ import annotations
+
+import pytest
+
+from alexnet_jax import progress as progress_module
+from alexnet_jax.progress import Progress, duration
+from alexnet_jax.report import cpu_estimate
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
+    return clock
+
+
+def test_a_line_every_tenth_with_the_eta_of_the_work_left(clock):
+    lines = []
+    progress = Progress("train", 100, out=lines.append, tty=False)
+    for _ in range(100):
+        clock.now += 2.0  # 2 s a step
+        progress.update(1)
+    assert len(lines) == 10
+    assert lines[0] == "train: 10 of 100 steps (10%), ETA 3 min 00 s"
+    assert lines[4] == "train: 50 of 100 steps (50%), ETA 1 min 40 s"
+    assert lines[-1] == "train: 100 of 100 steps (100%)"
+
+
+def test_a_line_every_30_seconds_between_tenths(clock):
+    lines = []
+    progress = Progress("train", 10_000, out=lines.append, tty=False)
+    for _ in range(40):
+        clock.now += 10.0  # 10 s a step: 4 steps, far from a tenth, in 40 s
+        progress.update(1)
+    assert len(lines) == 13  # one line per 30 s
+    assert lines[0] == "train: 3 of 10000 steps (0%), ETA 27 h 46 min"
+
+
+def test_a_resumed_run_estimates_from_its_own_pace(clock):
+    lines = []
+    progress = Progress("download", 100_000_000, done=90_000_000, out=lines.append,
+                        unit="MB", scale=1e6, tty=False)
+    clock.now += 10.0
+    progress.update(5_000_000)  # 5 MB in 10 s: 10 s for the 5 MB left
+    assert lines == []  # still in the same tenth, and not yet 30 s
+    clock.now += 20.0
+    progress.update(1_000_000)
+    assert lines == ["download: 96.0 of 100.0 MB (96%), ETA 20 s"]
+
+
+def test_durations_read_as_people_say_them():
+    assert [duration(s) for s in (0.4, 59, 61, 3599, 3600, 10_500)] == [
+        "0 s", "59 s", "1 min 01 s", "59 min 59 s", "1 h 00 min", "2 h 55 min"]
+
+
+def test_cpu_estimate_names_this_run_d2ls_run_and_a_quick_run():
+    line = cpu_estimate(2.2, 128, 4690)
+    assert "the 4690 steps left take about 2 h 51 min" in line and "roughly" not in line
+    assert "alexnet-jax train --limit-train 512" in line
+    small = cpu_estimate(0.1, 4, 6)
+    assert "d2l's full run would take roughly 4 h 10 min here" in small  # 0.1 s / 4 images
