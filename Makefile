@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 ARGS ?=
 PYTEST ?=
+# Test processes (pytest-xdist; a test file stays in one process, so its fixtures run once).
+WORKERS ?= 2
 # The tests need torch, never its CUDA build: PyTorch's CPU index (empty: pip's own sources).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_VERSION ?= 2.13.0
@@ -23,10 +25,10 @@ train: $(VENV)/.installed-train
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(PYTEST)
 
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -37,13 +37,20 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
+def pytest_runtest_logreport(report):
+    """Collect the figures a test measured; with pytest-xdist its report reaches us from the
+    worker that ran it, user properties included."""
+    if report.when == "teardown":
+        MEASURED.extend(value for key, value in report.user_properties if key == "measured")
+
+
 @pytest.fixture
-def report():
+def report(request):
     """report(name, value, bound): record a measured figure for the end-of-run summary."""
 
     def add(name: str, value: float, bound: float | None = None):
         tail = "" if bound is None else f"  (bound {bound:.0e})"
-        MEASURED.append(f"{name:<64} {value:.3e}{tail}")
+        request.node.user_properties.append(("measured", f"{name:<64} {value:.3e}{tail}"))
 
     return add
 
