@@ -18,6 +18,7 @@ import numpy as np
 
 from .fashion_mnist import Split, load_split
 from .input_pipeline import epoch_order, num_batches
+from .progress import Progress
 from .run_dir import RunError, TrainConfig, write_atomic
 from .train import train_and_evaluate
 from .workdir_tools import start_from
@@ -30,9 +31,10 @@ class D2lLoader:
     """What d2l's DataLoader hands train_ch6: Resize(224) + ToTensor batches of `split`,
     in our pipeline's order for (seed, epoch); each pass over it is the next epoch."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int, shuffle: bool, dtype):
+    def __init__(self, split: Split, batch_size: int, seed: int, shuffle: bool, dtype,
+                 progress: Progress | None = None):
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
-        self.dtype, self.epoch = dtype, 0
+        self.dtype, self.epoch, self.progress = dtype, 0, progress
 
     def __len__(self) -> int:
         return num_batches(len(self.split), self.batch_size)
@@ -50,6 +52,8 @@ class D2lLoader:
                                for im in self.split.images[rows]])
             x = torch.from_numpy(pixels[:, None].astype(np.float32) / np.float32(255.0))
             yield x.to(self.dtype), torch.from_numpy(self.split.labels[rows].astype(np.int64))
+            if self.progress:  # the step on this batch is done
+                self.progress.update(1)
 
 
 def check_settings(args, train_size: int) -> None:
@@ -69,7 +73,9 @@ def train_torch(args, seed: int, net, train: Split, test: Split, folder: Path, o
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    points = train_ch6(net, D2lLoader(train, args.batch_size, seed, True, dtype),
+    steps = num_batches(len(train), args.batch_size) * args.epochs
+    progress = Progress("d2l train", steps, out=out)
+    points = train_ch6(net, D2lLoader(train, args.batch_size, seed, True, dtype, progress),
                        D2lLoader(test, args.batch_size, seed, False, dtype), args.epochs,
                        args.lr, device, out=out)
     folder.mkdir(parents=True, exist_ok=True)
