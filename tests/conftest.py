@@ -62,16 +62,20 @@ def rel_err(a, b) -> float:
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
-    """The release files; skipped when FASHION_MNIST_DIR is unset, an error when it is wrong."""
+    """The four release files: FASHION_MNIST_DIR (a failure when it lacks them), else the
+    user's cache, downloaded into it if need be; skipped, saying why, only when neither works."""
+    from alexnet_jax.download import default_dir, download
+    from alexnet_jax.fashion_mnist import DataError, missing_files
+
     value = os.environ.get("FASHION_MNIST_DIR")
-    if not value:
-        pytest.skip("FASHION_MNIST_DIR is not set (point it at the four release files)")
-    path = Path(value)
-    missing = [n for n in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-               if not (path / n).is_file()]
-    if missing:
-        pytest.fail(f"FASHION_MNIST_DIR={value} lacks {missing}")
-    return path
+    if value:
+        if missing := missing_files(value):
+            pytest.fail(f"FASHION_MNIST_DIR={value} lacks {missing}")
+        return Path(value)
+    try:
+        return download(default_dir(), out=lambda line: None)
+    except DataError as err:
+        pytest.skip(f"no Fashion-MNIST: FASHION_MNIST_DIR is unset and the download failed: {err}")
 
 
 @pytest.fixture(scope="session")
