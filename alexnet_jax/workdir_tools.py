@@ -51,9 +51,9 @@ def evaluate_command(args) -> None:
     state, step = load_state(args.workdir, args.step)
     limit = args.limit_test or saved_config(args.workdir).limit_test  # the run's own, by default
     split = load_split("test", args.source, args.data_dir, args.manual_dir).head(limit)
-    progress = Progress("evaluate", len(split), unit="images")
-    result = evaluate(state, make_pipeline(args.pipeline, split, 256, False, 0), progress)
-    progress.close()
+    batch = 256
+    progress = Progress("evaluate", len(split), unit="images") if len(split) > batch else None
+    result = evaluate(state, make_pipeline(args.pipeline, split, batch, False, 0), progress)
     print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "
           f"{result['acc']:.4f} on {result['count']} test images")
 
