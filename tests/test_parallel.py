@@ -205,14 +205,15 @@ def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, t
     procs = [worker(tmp_path / f"p{i}", config, distributed=(coordinator, 2, i))
              for i in range(2)]
     try:
-        outputs = [finish(p, max(started + 120 - time.monotonic(), 1)) for p in procs]
+        # a guard against a hung collective, not a speed check: loaded CI took 84 s
+        outputs = [finish(p, max(started + 300 - time.monotonic(), 1)) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
     report(f"2 processes on loopback ({pipeline} pipeline): seconds to finish",
-           time.monotonic() - started, 120)
+           time.monotonic() - started)
     saved = [np.load(tmp_path / f"p{i}_e1.npz") for i in range(2)]
     assert [int(s["processes"]) for s in saved] == [2, 2]
     assert [int(s["step"]) for s in saved] == [3, 3]
