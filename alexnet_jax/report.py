@@ -37,11 +37,11 @@ QUICK_RUN = ("alexnet-jax train --limit-train 512 --limit-test 256 --epochs 2 --
              "--workdir runs/quick")
 
 
-def cpu_estimate(step_seconds: float, batch_size: int, steps_left: int) -> str:
+def cpu_estimate(step_seconds: float, batch_size: int, steps_left: int, total_steps: int) -> str:
     """How long this run's steps, and d2l's full run, take on this CPU at the measured pace."""
     line = (f"on this CPU a step takes {step_seconds:.2f} s: the {steps_left} steps left take "
             f"about {duration(step_seconds * steps_left)} (steps alone)")
-    if (steps_left, batch_size) != (D2L_STEPS, D2L_BATCH):
+    if (total_steps, batch_size) != (D2L_STEPS, D2L_BATCH):  # not d2l's run itself
         d2l = step_seconds / batch_size * D2L_BATCH * D2L_STEPS  # time per image scales
         line += f"; d2l's full run would take roughly {duration(d2l)} here"
     return line + f". d2l's full run is a GPU job; a quick run: {QUICK_RUN}"

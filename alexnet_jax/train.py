@@ -178,7 +178,8 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
             run.progress.update(1)
         global_step = epoch * run.steps_per_epoch + i + 1
         if global_step == run.estimate_at and jax.default_backend() == "cpu":
-            run.out(cpu_estimate(dt, run.config.batch_size, run.total_steps - global_step))
+            run.out(cpu_estimate(dt, run.config.batch_size, run.total_steps - global_step,
+                                 run.total_steps))
         last = i + 1 == run.steps_per_epoch
         if (i + 1) % log_every == 0 or last:
             point = point_at(run, epoch_metrics, global_step)
