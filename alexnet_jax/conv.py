@@ -1,12 +1,12 @@
-"""`lax.conv_general_dilated`, with the kernel gradient done as matmuls on CPU.
+"""`lax.conv_general_dilated` with faster CPU kernels, XLA's own on GPU and TPU.
 
-Why: XLA's CPU backend computes a conv's kernel gradient (the backward-filter conv) several
-times slower than the same sum written as matmuls over the kernel taps; for AlexNet's conv2
-(96 -> 256, 5x5, 26x26) that one gradient was the costliest op of the CPU train step, and
-conv1's (1 -> 96, 11x11, stride 4) cost more than its whole forward pass (figures in
-benchmarks/NOTES.md). Per backend: `lax.platform_dependent` picks the matmuls on CPU and
-XLA's own gradient everywhere else (GPU, TPU), where it is fast. Forward pass and input
-gradient are XLA's on every backend.
+Why: XLA's CPU convolutions are compute-bound and slower than oneDNN's, and its kernel
+gradient (the backward-filter conv) several times slower still. On CPU, chosen per backend
+with `lax.platform_dependent`: the stride-1 convs (conv2-5) run by Winograd's minimal
+filtering (`winograd.py`: forward, input gradient and kernel gradient, 2-3x fewer seconds
+each), and conv1's kernel gradient (11x11, stride 4) as one matmul over its stacked taps.
+GPUs and TPUs keep XLA's convolutions, where cuDNN and the TPU compiler pick their own
+algorithms. Figures: benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import winograd
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 FEW_CHANNELS = 8  # below this many input channels the taps share one matmul
+# Winograd's output tile per kernel size (stride-1, square kernels) on CPU: F(4x4, 3x3) and
+# F(4x4, 5x5), measured per layer against XLA's convs (benchmarks/NOTES.md).
+WINOGRAD_TILE = {3: 4, 5: 4}
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -47,25 +52,49 @@ def _xla_conv(x, w, strides, padding, precision):
                                     precision=precision)
 
 
+def winograd_tile(w, strides) -> int | None:
+    """The Winograd output tile m of F(m x m, r x r) for this conv on CPU, or None: XLA's.
+    float32 and float64 only: in bfloat16 the transforms' rounding would swamp the result."""
+    kh, kw = w.shape[:2]
+    if kh != kw or tuple(strides) != (1, 1) or w.dtype not in (jnp.float32, jnp.float64):
+        return None
+    return WINOGRAD_TILE.get(kh)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x, w, strides, padding, precision):
-    return _xla_conv(x, w, strides, padding, precision)
+    m = winograd_tile(w, strides)
+    if m is None:
+        return _xla_conv(x, w, strides, padding, precision)
+    return lax.platform_dependent(
+        x, w, cpu=lambda x, w: winograd.conv(x, w, padding, m, precision),
+        default=lambda x, w: _xla_conv(x, w, strides, padding, precision))
 
 
 def _conv_fwd(x, w, strides, padding, precision):
-    return _xla_conv(x, w, strides, padding, precision), (x, w)
+    return _conv(x, w, strides, padding, precision), (x, w)
 
 
 def _conv_bwd(strides, padding, precision, residuals, g):
     x, w = residuals
     _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision), x, w)
-    (dx, _) = vjp(g)  # XLA drops what is not used: this kernel gradient, conv1's dx
+    m = winograd_tile(w, strides)
+    if m is None:
+        (dx, _) = vjp(g)  # XLA drops what is not used: this kernel gradient, conv1's dx
 
-    def matmuls(x, g):
-        return kernel_grad_matmuls(x, g, kernel=w.shape, strides=strides, padding=padding,
-                                   precision=precision).astype(w.dtype)
+        def cpu_dw(x, g):
+            return kernel_grad_matmuls(x, g, kernel=w.shape, strides=strides,
+                                       padding=padding, precision=precision).astype(w.dtype)
+    else:
+        dx = lax.platform_dependent(
+            g, w, cpu=lambda g, w: winograd.input_grad(g, w, padding, m, precision),
+            default=lambda g, w: vjp(g)[0])
 
-    dw = lax.platform_dependent(x, g, cpu=matmuls, default=lambda x, g: vjp(g)[1])
+        def cpu_dw(x, g):
+            return winograd.kernel_grad(x, g, padding, w.shape[0], m,
+                                        precision).astype(w.dtype)
+
+    dw = lax.platform_dependent(x, g, cpu=cpu_dw, default=lambda x, g: vjp(g)[1])
     return dx, dw
 
 

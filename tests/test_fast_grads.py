@@ -1,4 +1,4 @@
-"""alexnet_jax.conv and .pool: the CPU gradients compute what XLA's (and PyTorch's) do."""
+"""alexnet_jax.conv and .pool: the CPU kernels compute what XLA's (and PyTorch's) do."""
 
 from __future__ import annotations
 
@@ -6,41 +6,94 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import d2l_images, rel_err
 from jax import lax
 
-from alexnet_jax.conv import NHWC, conv_general_dilated
+from alexnet_jax import AlexNet, init_params
+from alexnet_jax.conv import NHWC, conv_general_dilated, winograd_tile
+from alexnet_jax.model import CONV_LAYERS
 from alexnet_jax.pool import max_pool
 
 pytestmark = pytest.mark.slow  # float64 gradients of every AlexNet layer
 
 # (input HxW, C_in, C_out, kernel, stride, pad): AlexNet's convs (conv1: strided, one channel)
 LAYERS = {"conv1": (224, 1, 96, 11, 4, 1), "conv2": (26, 96, 256, 5, 1, 2),
-          "conv3": (12, 256, 384, 3, 1, 1), "conv5": (12, 384, 256, 3, 1, 1)}
+          "conv3": (12, 256, 384, 3, 1, 1), "conv4": (12, 384, 384, 3, 1, 1),
+          "conv5": (12, 384, 256, 3, 1, 1)}
+
+
+def conv_value_and_grads(conv, x, w, g, stride, pad):
+    """y, dL/dx, dL/dw of sum(conv(x, w) * g)."""
+    def loss(x, w):
+        y = conv(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                 dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
+        return jnp.sum(y * g), y
+
+    (_, y), (dx, dw) = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, w)
+    return y, dx, dw
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_conv_value_and_grads_equal_xla(name, report):
+    """float64, random inputs: every CPU kernel (Winograd for the stride-1 convs, matmuls for
+    conv1's kernel gradient) computes what XLA's convolution and its gradients compute."""
     size, c_in, c_out, k, stride, pad = LAYERS[name]
+    out = (size + 2 * pad - k) // stride + 1
     kx, kw, kg = jax.random.split(jax.random.key(sorted(LAYERS).index(name)), 3)
     with jax.enable_x64(True):
         x = jax.random.normal(kx, (2, size, size, c_in), jnp.float64)
         w = jax.random.normal(kw, (k, k, c_in, c_out), jnp.float64)
+        g = jax.random.normal(kg, (2, out, out, c_out), jnp.float64)
+        ours = conv_value_and_grads(conv_general_dilated, x, w, g, stride, pad)
+        xla = conv_value_and_grads(lax.conv_general_dilated, x, w, g, stride, pad)
+    winograd = winograd_tile(w, (stride, stride)) is not None
+    kernels = ("Winograd",) * 3 if winograd else ("XLA", "XLA", "matmuls")
+    for what, kernel, a, b in zip(("forward", "input grad", "kernel grad"), kernels, ours, xla):
+        err = rel_err(a, b)
+        if kernel == "XLA":
+            assert err == 0.0, (what, err)  # XLA's own op
+            continue
+        report(f"{name} {what} float64, {kernel} vs XLA", err, 1e-12)
+        assert 0.0 < err < 1e-12, (what, err)  # > 0: not XLA's own op
 
-        def loss(conv, x, w):
-            y = conv(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                     dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
-            return jnp.sum(y * jax.random.normal(kg, y.shape, y.dtype)), y
 
-        (_, y_ours), (dx_ours, dw_ours) = jax.value_and_grad(
-            lambda x, w: loss(conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
-        (_, y_xla), (dx_xla, dw_xla) = jax.value_and_grad(
-            lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
-    assert rel_err(y_ours, y_xla) == 0.0  # the forward pass is XLA's own
-    assert rel_err(dx_ours, dx_xla) == 0.0  # so is the input gradient
-    err = rel_err(dw_ours, dw_xla)
-    report(f"conv kernel gradient float64, {name}: ours vs XLA's", err, 1e-12)
-    assert err < 1e-12
+def trunk_inputs(images):
+    """The input of each conv layer for these images, XLA's float64 convs, d2l's init."""
+    model = AlexNet()
+    params = init_params(model, jax.random.key(0))
+    x, inputs = jnp.asarray(images, jnp.float64), {}
+    for name, _, _, stride, pad, pool in CONV_LAYERS:
+        inputs[name] = x
+        w = jnp.asarray(params[name]["kernel"], jnp.float64)
+        x = lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=NHWC)
+        x = jax.nn.relu(x + jnp.asarray(params[name]["bias"], jnp.float64))
+        if pool:
+            x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+    return params, inputs
+
+
+@pytest.mark.parametrize("name", ["conv2", "conv3", "conv4", "conv5"])
+def test_winograd_float32_error_on_real_activations(name, test_split, report):
+    """float32 Winograd against float64 XLA on what each layer really sees (real images
+    through d2l's init), beside XLA's own float32 error on the same inputs."""
+    _, _, _, k, stride, pad = LAYERS[name]
+    with jax.enable_x64(True):
+        params, inputs = trunk_inputs(d2l_images(test_split, 0, 2))
+        x = inputs[name]
+        w = jnp.asarray(params[name]["kernel"], jnp.float64)
+        g = jax.random.normal(jax.random.key(1), conv_value_and_grads(
+            lax.conv_general_dilated, x, w, jnp.zeros(()), stride, pad)[0].shape, jnp.float64)
+        exact = conv_value_and_grads(lax.conv_general_dilated, x, w, g, stride, pad)
+    f32 = [a.astype(jnp.float32) for a in (x, w, g)]
+    ours = conv_value_and_grads(conv_general_dilated, *f32, stride, pad)
+    xla = conv_value_and_grads(lax.conv_general_dilated, *f32, stride, pad)
+    m = winograd_tile(f32[1], (stride, stride))
+    for what, a, b, e in zip(("forward", "input grad", "kernel grad"), ours, xla, exact):
+        err, xla_err = rel_err(a, e), rel_err(b, e)
+        report(f"{name} {what} float32 F({m}x{m},{k}x{k}), real activations", err, 1e-5)
+        report(f"{name} {what} float32 XLA's conv, same inputs", xla_err)
+        assert err < 1e-5, (what, err, xla_err)
 
 
 @pytest.mark.parametrize("shape", [(2, 54, 54, 96), (2, 26, 26, 256), (2, 12, 12, 256)])

@@ -1,0 +1,135 @@
+"""Winograd's minimal filtering (Lavin and Gray, 2016) for stride-1 NHWC convolutions.
+
+Why: on the CPU the convolutions are compute-bound and XLA's run slower than oneDNN's, so the
+way to a faster step is fewer multiplications. F(m x m, r x r) computes an m x m output tile
+from an a x a input tile (a = m + r - 1) with a*a products instead of m*m*r*r; across channels
+those products are a*a batched matmuls. The transforms are unrolled multiply-adds with constant
+coefficients, which XLA fuses into a few memory-bound loops.
+
+Three uses, one tiling: the forward pass, the input gradient (a stride-1 convolution of the
+output gradient with the flipped, transposed kernel) and the kernel gradient (a correlation of
+the input with the output gradient, summed over the batch: the products' sum over tiles is the
+matmul).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0)  # interpolation points, then infinity
+
+
+@functools.cache
+def matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A^T (m x a), G (a x r), B^T (a x a) of F(m, r): y = A^T [(G g) * (B^T d)], float64."""
+    a = m + r - 1
+    p = np.array(POINTS[:a - 1])
+    at = np.zeros((m, a))
+    at[:, :-1] = p[None, :] ** np.arange(m)[:, None]
+    at[-1, -1] = 1.0
+    f = np.array([np.prod([pj - pk for pk in p if pk != pj]) for pj in p])
+    g = np.zeros((a, r))
+    g[:-1] = p[:, None] ** np.arange(r)[None, :] / f[:, None]
+    g[-1, -1] = 1.0
+    # B^T is what makes y_i = sum_k g_k d_(i+k) hold for every d and g: linear in B^T, solved.
+    coef = np.einsum("ij,jk->ikj", at, g).reshape(m * r, a)  # (i, k) x j
+    target = np.zeros((m * r, a))
+    for i in range(m):
+        for k in range(r):
+            target[i * r + k, i + k] = 1.0
+    bt, *_ = np.linalg.lstsq(coef, target, rcond=None)
+    bt = np.round(bt, 12) + 0.0  # exact small rationals; + 0.0 turns -0.0 into 0.0
+    assert np.abs(coef @ bt - target).max() < 1e-9, (m, r)
+    return at, g, bt
+
+
+def _mix(t: np.ndarray, parts: list):
+    """sum_i t[:, i] (outer) parts[i], as one fused elementwise loop: a new leading axis of
+    size len(t). One loop writes the whole result, so no stacking copy follows."""
+    shape = (t.shape[0],) + (1,) * parts[0].ndim
+    terms = [jnp.asarray(t[:, i].reshape(shape), p.dtype) * p
+             for i, p in enumerate(parts) if t[:, i].any()]
+    return functools.reduce(operator.add, terms)
+
+
+def _stacked(t: np.ndarray, parts: list):
+    """What `_mix` computes, one output row at a time with its non-zero terms only, stacked.
+    The stack is materialised: fused into the next stage, `_mix` would be recomputed for
+    each of that stage's strided reads (5x slower, measured)."""
+    rows = []
+    for row in t:
+        terms = [p if c == 1 else -p if c == -1 else p * jnp.asarray(c, p.dtype)
+                 for c, p in zip(row, parts) if c != 0]
+        rows.append(functools.reduce(operator.add, terms))
+    return jnp.stack(rows)
+
+
+def _tiles(x, t: np.ndarray, step: int, count: tuple[int, int]):
+    """t X t^T for every tile X of x (NHWC) of t's width, tiles `step` apart: an array of
+    shape (a*a, batch * tiles high * tiles wide, channels)."""
+    n = t.shape[1]
+
+    def along(x, axis, count):
+        return [lax.slice_in_dim(x, i, i + step * (count - 1) + 1, step, axis) for i in range(n)]
+
+    rows = _stacked(t, along(x, 1, count[0]))  # (a, batch, tiles high, W, C)
+    both = _mix(t, along(rows, 3, count[1]))  # (a, a, batch, tiles high, tiles wide, C)
+    return both.reshape(t.shape[0] ** 2, -1, x.shape[-1])
+
+
+def _untile(at: np.ndarray, prod):
+    """A^T M A for every tile, M of shape (a, a, ...): shape (m, m, ...), the second axis
+    the tile's row (the order `_tiles` makes)."""
+    rows = _stacked(at, [prod[:, k] for k in range(at.shape[1])])  # (m, a, ...)
+    return _mix(at, [rows[:, k] for k in range(at.shape[1])])
+
+
+def conv(x, w, padding, m: int, precision=None):
+    """Stride-1 NHWC/HWIO convolution (XLA's cross-correlation) by F(m x m, r x r)."""
+    r = w.shape[0]
+    a = m + r - 1
+    at, gm, bt = matrices(m, r)
+    (p0, p1), (q0, q1) = padding
+    b, h, wd, c_in = x.shape
+    oh, ow = h + p0 + p1 - r + 1, wd + q0 + q1 - r + 1
+    th, tw = -(-oh // m), -(-ow // m)
+    xp = jnp.pad(x, ((0, 0), (p0, p1 + th * m - oh), (q0, q1 + tw * m - ow), (0, 0)))
+    v = _tiles(xp, bt, m, (th, tw))
+    u = _tiles(w.reshape(1, r, r, -1), gm, 1, (1, 1)).reshape(a * a, c_in, -1)  # G w G^T
+    prod = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=precision)
+    y = _untile(at, prod.reshape(a, a, b, th, tw, -1))  # (col v, row u, b, th, tw, c)
+    y = y.transpose(2, 3, 1, 4, 0, 5).reshape(b, th * m, tw * m, -1)
+    return y[:, :oh, :ow]
+
+
+def input_grad(g, w, padding, m: int, precision=None):
+    """dL/dx of `conv(x, w, padding)` given g = dL/dy: a convolution with the flipped kernel."""
+    r = w.shape[0]
+    (p0, p1), (q0, q1) = padding
+    flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+    return conv(g, flipped, ((r - 1 - p0, r - 1 - p1), (r - 1 - q0, r - 1 - q1)), m, precision)
+
+
+def kernel_grad(x, g, padding, r: int, m: int, precision=None):
+    """dL/dw of `conv(x, w, padding)` for an r x r kernel: sum over the batch of the
+    correlation of x with g, by F(r x r, m x m) over m x m tiles of g."""
+    a = m + r - 1
+    at, gt, bt = matrices(r, m)
+    (p0, p1), (q0, q1) = padding
+    b, oh, ow, c_out = g.shape
+    c_in = x.shape[-1]
+    th, tw = -(-oh // m), -(-ow // m)
+    gp = jnp.pad(g, ((0, 0), (0, th * m - oh), (0, tw * m - ow), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), (p0, p1 + th * m - oh), (q0, q1 + tw * m - ow), (0, 0)))
+    v = _tiles(xp, bt, m, (th, tw))
+    u = _tiles(gp, gt, m, (th, tw))
+    out_type = jnp.promote_types(g.dtype, jnp.float32)
+    prod = lax.dot_general(v, u, (((1,), (1,)), ((0,), (0,))), precision=precision,
+                           preferred_element_type=out_type)
+    dw = _untile(at, prod.reshape(a, a, c_in, c_out))  # (col j, row i, c_in, c_out)
+    return dw.transpose(1, 0, 2, 3)

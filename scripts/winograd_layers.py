@@ -1,0 +1,123 @@
+"""Each stride-1 conv of AlexNet alone on this device: XLA's conv (forward, input gradient),
+the matmul kernel gradient, Winograd F(m, r) for each, and PyTorch's (oneDNN) for reference.
+
+    python scripts/winograd_layers.py --batch-size 128 --tiles 2 4 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from alexnet_jax import winograd
+from alexnet_jax.conv import NHWC, kernel_grad_matmuls
+
+# name: (input HxW, C_in, C_out, kernel, pad)
+LAYERS = {"conv2": (26, 96, 256, 5, 2), "conv3": (12, 256, 384, 3, 1),
+          "conv4": (12, 384, 384, 3, 1), "conv5": (12, 384, 256, 3, 1)}
+
+
+def median_s(fn, *args, repeats):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_times(x, w, g, pad, repeats):
+    import torch
+
+    xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous().requires_grad_()
+    wt = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous().requires_grad_()
+    gt = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous()
+
+    def fwd():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(xt, wt, padding=pad)
+
+    def grads(which):
+        y = torch.nn.functional.conv2d(xt, wt, padding=pad)
+        return torch.autograd.grad(y, which, gt)
+
+    def timed(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    f = timed(fwd)
+    return f, timed(lambda: grads([xt])) - f, timed(lambda: grads([wt])) - f
+
+
+def rel_err(a, b) -> float:
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def time_layer(name, batch, tiles, repeats, with_torch):
+    """Rows of the table for one layer: each op by XLA (or the matmuls), each F(m, r), torch."""
+    size, c_in, c_out, r, p = LAYERS[name]
+    pads = ((p, p), (p, p))
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (batch, size, size, c_in))
+    w = jax.random.normal(kw, (r, r, c_in, c_out)) * (2 / (r * r * c_in)) ** 0.5
+    g = jax.random.normal(kg, (batch, size, size, c_out))
+
+    def xla(x, w, precision=None):
+        return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=NHWC,
+                                        precision=precision)
+
+    _, vjp = jax.vjp(lambda x, w: xla(x, w, "highest"), x, w)
+    exact = (xla(x, w, "highest"), *vjp(g))
+    ops = (  # (op, its baseline, inputs, Winograd for tile m)
+        ("forward", "XLA", xla, (x, w), lambda m: lambda x, w: winograd.conv(x, w, pads, m)),
+        ("input grad", "XLA", lambda g, w: jax.vjp(lambda x: xla(x, w), x)[1](g)[0], (g, w),
+         lambda m: lambda g, w: winograd.input_grad(g, w, pads, m)),
+        ("kernel grad", "matmuls",
+         lambda x, g: kernel_grad_matmuls(x, g, kernel=(r, r), padding=pads), (x, g),
+         lambda m: lambda x, g: winograd.kernel_grad(x, g, pads, r, m)),
+    )
+    reference = torch_times(x, w, g, p, repeats) if with_torch else None
+    for i, (op, label, base, inputs, make) in enumerate(ops):
+        base = jax.jit(base)
+        t0 = median_s(base, *inputs, repeats=repeats)
+        print(f"| {name} | {op} | {label} | {t0:.3f} | 1.00 | "
+              f"{rel_err(base(*inputs), exact[i]):.1e} |", flush=True)
+        for m in tiles:
+            fn = jax.jit(make(m))
+            t = median_s(fn, *inputs, repeats=repeats)
+            print(f"| {name} | {op} | F({m}, {r}) | {t:.3f} | {t0 / t:.2f} | "
+                  f"{rel_err(fn(*inputs), exact[i]):.1e} |", flush=True)
+        if reference is not None:
+            print(f"| {name} | {op} | PyTorch | {reference[i]:.3f} | {t0 / reference[i]:.2f} | |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--tiles", type=int, nargs="+", default=[2, 4, 6])
+    parser.add_argument("--layers", nargs="+", default=sorted(LAYERS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args()
+    print(f"{jax.devices()[0].device_kind}, batch {args.batch_size}, seconds (median of "
+          f"{args.repeats}); error: float32 relative to XLA's float32 at highest precision")
+    print("| layer | op | kernel | s | vs XLA | error |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in args.layers:
+        time_layer(name, args.batch_size, args.tiles, args.repeats, not args.no_torch)
+
+
+if __name__ == "__main__":
+    main()
