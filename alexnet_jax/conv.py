@@ -24,6 +24,7 @@ FEW_CHANNELS = 8  # below this many input channels the taps share one matmul
 # Winograd's output tile per kernel size (stride-1, square kernels) on CPU: F(4x4, 3x3) and
 # F(4x4, 5x5), measured per layer against XLA's convs (benchmarks/NOTES.md).
 WINOGRAD_TILE = {3: 4, 5: 4}
+WINOGRAD_MIN_BATCH = 16  # at 8 images conv3-4 ran slower than XLA's, at 16 every layer faster
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -52,18 +53,20 @@ def _xla_conv(x, w, strides, padding, precision):
                                     precision=precision)
 
 
-def winograd_tile(w, strides) -> int | None:
+def winograd_tile(x, w, strides) -> int | None:
     """The Winograd output tile m of F(m x m, r x r) for this conv on CPU, or None: XLA's.
-    float32 and float64 only: in bfloat16 the transforms' rounding would swamp the result."""
+    float32 and float64 only: in bfloat16 the transforms' rounding would swamp the result.
+    From WINOGRAD_MIN_BATCH images up: below it the transforms cost more than they save."""
     kh, kw = w.shape[:2]
-    if kh != kw or tuple(strides) != (1, 1) or w.dtype not in (jnp.float32, jnp.float64):
+    if (kh != kw or tuple(strides) != (1, 1) or x.shape[0] < WINOGRAD_MIN_BATCH
+            or w.dtype not in (jnp.float32, jnp.float64)):
         return None
     return WINOGRAD_TILE.get(kh)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x, w, strides, padding, precision):
-    m = winograd_tile(w, strides)
+    m = winograd_tile(x, w, strides)
     if m is None:
         return _xla_conv(x, w, strides, padding, precision)
     return lax.platform_dependent(
@@ -78,7 +81,7 @@ def _conv_fwd(x, w, strides, padding, precision):
 def _conv_bwd(strides, padding, precision, residuals, g):
     x, w = residuals
     _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision), x, w)
-    m = winograd_tile(w, strides)
+    m = winograd_tile(x, w, strides)
     if m is None:
         (dx, _) = vjp(g)  # XLA drops what is not used: this kernel gradient, conv1's dx
 

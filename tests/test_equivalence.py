@@ -8,6 +8,8 @@ listed at the end of pytest's output.
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ from conftest import d2l_images, rel_err
 from scipy import stats
 
 from alexnet_jax import AlexNet, init_params
+from alexnet_jax.conv import WINOGRAD_MIN_BATCH
 from alexnet_jax.d2l_reference import d2l_net, nhwc_to_nchw
 from alexnet_jax.parallel import make_mesh
 from alexnet_jax.run_dir import build_model
@@ -113,6 +116,30 @@ def test_grads_float32_random(report):
     errors = compare_grads(d2l_net(seed=3), x, labels, torch.float32, jnp.float32,
                            "grads float32, random inputs", 1e-4, report)
     assert max(errors.values()) <= 1e-4, errors
+
+
+@pytest.mark.slow
+def test_winograd_batch_float32_random(report):
+    """From WINOGRAD_MIN_BATCH images the CPU runs conv2-5 by Winograd. The logits agree with
+    PyTorch's within the float32 bound above. The gradients are judged against PyTorch in
+    float64: at this batch the conv gradients are sums that cancel (PyTorch's own float32
+    ones are ~4e-3 from its float64 ones), so each of ours must be at most twice as far from
+    float64 as PyTorch's float32 gradient is (floor 1e-5)."""
+    n = WINOGRAD_MIN_BATCH
+    x, labels = random_images(14, n), np.arange(n, dtype=np.int32) % 10
+    net = d2l_net(seed=5)
+    err = rel_err(jax_logits(jax_params(net), x), torch_logits(net, x))
+    report(f"forward float32, random inputs, batch {n} (Winograd)", err, 1e-5)
+    assert err <= 1e-5
+    _, torch32 = torch_loss_and_grads(net, x, labels, torch.float32)
+    _, torch64 = torch_loss_and_grads(copy.deepcopy(net).double(), x, labels, torch.float64)
+    _, ours = jax_loss_and_grads(jax_params(net), jnp.asarray(x), jnp.asarray(labels))
+    ratios = {k: rel_err(ours[k], torch64[k]) / max(rel_err(torch32[k], torch64[k]), 1e-5)
+              for k in torch64}
+    worst = max(ratios, key=ratios.get)
+    report(f"grads float32, batch {n} (Winograd): worst error / PyTorch's ({worst})",
+           ratios[worst], 2.0)
+    assert ratios[worst] <= 2.0, ratios
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from conftest import d2l_images, rel_err
 from jax import lax
 
 from alexnet_jax import AlexNet, init_params
-from alexnet_jax.conv import NHWC, conv_general_dilated, winograd_tile
+from alexnet_jax.conv import NHWC, WINOGRAD_MIN_BATCH, conv_general_dilated, winograd_tile
 from alexnet_jax.model import CONV_LAYERS
 from alexnet_jax.pool import max_pool
 
@@ -33,62 +33,73 @@ def conv_value_and_grads(conv, x, w, g, stride, pad):
     return y, dx, dw
 
 
-@pytest.mark.parametrize("name", sorted(LAYERS))
-def test_conv_value_and_grads_equal_xla(name, report):
-    """float64, random inputs: every CPU kernel (Winograd for the stride-1 convs, matmuls for
-    conv1's kernel gradient) computes what XLA's convolution and its gradients compute."""
+CASES = [("conv1", 2)] + [(name, batch) for name in ("conv2", "conv3", "conv4", "conv5")
+                          for batch in (2, WINOGRAD_MIN_BATCH)]
+
+
+@pytest.mark.parametrize(("name", "batch"), CASES)
+def test_conv_value_and_grads_equal_xla(name, batch, report):
+    """float64, random inputs: every CPU kernel computes what XLA's convolution and its
+    gradients compute. From WINOGRAD_MIN_BATCH images the stride-1 convs run by Winograd
+    (all three ops); below it, and for conv1, only the kernel gradient differs (matmuls)."""
     size, c_in, c_out, k, stride, pad = LAYERS[name]
     out = (size + 2 * pad - k) // stride + 1
     kx, kw, kg = jax.random.split(jax.random.key(sorted(LAYERS).index(name)), 3)
     with jax.enable_x64(True):
-        x = jax.random.normal(kx, (2, size, size, c_in), jnp.float64)
+        x = jax.random.normal(kx, (batch, size, size, c_in), jnp.float64)
         w = jax.random.normal(kw, (k, k, c_in, c_out), jnp.float64)
-        g = jax.random.normal(kg, (2, out, out, c_out), jnp.float64)
+        g = jax.random.normal(kg, (batch, out, out, c_out), jnp.float64)
         ours = conv_value_and_grads(conv_general_dilated, x, w, g, stride, pad)
         xla = conv_value_and_grads(lax.conv_general_dilated, x, w, g, stride, pad)
-    winograd = winograd_tile(w, (stride, stride)) is not None
-    kernels = ("Winograd",) * 3 if winograd else ("XLA", "XLA", "matmuls")
+    winograd = winograd_tile(x, w, (stride, stride))
+    assert (winograd is not None) == (name != "conv1" and batch >= WINOGRAD_MIN_BATCH)
+    kernels = (f"F({winograd}x{winograd},{k}x{k})",) * 3 if winograd else ("XLA", "XLA",
+                                                                          "matmuls")
     for what, kernel, a, b in zip(("forward", "input grad", "kernel grad"), kernels, ours, xla):
         err = rel_err(a, b)
         if kernel == "XLA":
             assert err == 0.0, (what, err)  # XLA's own op
             continue
-        report(f"{name} {what} float64, {kernel} vs XLA", err, 1e-12)
+        report(f"{name} {what} float64, batch {batch}, {kernel} vs XLA", err, 1e-12)
         assert 0.0 < err < 1e-12, (what, err)  # > 0: not XLA's own op
 
 
-def trunk_inputs(images):
-    """The input of each conv layer for these images, XLA's float64 convs, d2l's init."""
-    model = AlexNet()
-    params = init_params(model, jax.random.key(0))
-    x, inputs = jnp.asarray(images, jnp.float64), {}
-    for name, _, _, stride, pad, pool in CONV_LAYERS:
-        inputs[name] = x
-        w = jnp.asarray(params[name]["kernel"], jnp.float64)
-        x = lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                                     dimension_numbers=NHWC)
-        x = jax.nn.relu(x + jnp.asarray(params[name]["bias"], jnp.float64))
-        if pool:
-            x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+@pytest.fixture(scope="module")
+def trunk_inputs(test_split):
+    """d2l's init and the input of each conv layer for WINOGRAD_MIN_BATCH real test images
+    (XLA's float64 convs)."""
+    params = init_params(AlexNet(), jax.random.key(0))
+    inputs = {}
+    with jax.enable_x64(True):
+        x = jnp.asarray(d2l_images(test_split, 0, WINOGRAD_MIN_BATCH), jnp.float64)
+        for name, _, _, stride, pad, pool in CONV_LAYERS:
+            inputs[name] = x
+            w = jnp.asarray(params[name]["kernel"], jnp.float64)
+            x = lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                         dimension_numbers=NHWC)
+            x = jax.nn.relu(x + jnp.asarray(params[name]["bias"], jnp.float64))
+            if pool:
+                x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
     return params, inputs
 
 
 @pytest.mark.parametrize("name", ["conv2", "conv3", "conv4", "conv5"])
-def test_winograd_float32_error_on_real_activations(name, test_split, report):
+def test_winograd_float32_error_on_real_activations(name, trunk_inputs, report):
     """float32 Winograd against float64 XLA on what each layer really sees (real images
     through d2l's init), beside XLA's own float32 error on the same inputs."""
     _, _, _, k, stride, pad = LAYERS[name]
+    params, inputs = trunk_inputs
+    x = inputs[name]
     with jax.enable_x64(True):
-        params, inputs = trunk_inputs(d2l_images(test_split, 0, 2))
-        x = inputs[name]
         w = jnp.asarray(params[name]["kernel"], jnp.float64)
-        g = jax.random.normal(jax.random.key(1), conv_value_and_grads(
-            lax.conv_general_dilated, x, w, jnp.zeros(()), stride, pad)[0].shape, jnp.float64)
+        y_shape = (x.shape[0], x.shape[1], x.shape[2], w.shape[-1])  # stride 1, "same"
+        g = jax.random.normal(jax.random.key(1), y_shape, jnp.float64)
         exact = conv_value_and_grads(lax.conv_general_dilated, x, w, g, stride, pad)
     f32 = [a.astype(jnp.float32) for a in (x, w, g)]
+    m = winograd_tile(*f32[:2], (stride, stride))
+    assert m is not None
     ours = conv_value_and_grads(conv_general_dilated, *f32, stride, pad)
     xla = conv_value_and_grads(lax.conv_general_dilated, *f32, stride, pad)
-    m = winograd_tile(f32[1], (stride, stride))
     for what, a, b, e in zip(("forward", "input grad", "kernel grad"), ours, xla, exact):
         err, xla_err = rel_err(a, e), rel_err(b, e)
         report(f"{name} {what} float32 F({m}x{m},{k}x{k}), real activations", err, 1e-5)

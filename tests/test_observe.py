@@ -45,14 +45,21 @@ def test_events_mirror_metrics_once_also_after_a_stop(fashion_mnist_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_events_without_tensorflow(fashion_mnist_dir, tmp_path):
-    """The GPU machine has tensorboard but no TensorFlow: a run writes its events there too."""
+def test_gpu_path_trains_without_tensorflow(fashion_mnist_dir, tmp_path):
+    """The GPU machine has tensorboard but neither TensorFlow nor tensorflow-datasets: one
+    training step on scripts/gpu_check.sh's path (release files, device pipeline), in a
+    process where importing either fails, trains, evaluates and writes its events."""
     workdir = tmp_path / "w"
-    code = ("import sys; sys.modules['tensorflow'] = None; from alexnet_jax.cli import main; "
-            f"sys.exit(main({train_args(workdir, fashion_mnist_dir, 1, '--limit-train', '4')!r}))")
+    args = train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4", "--pipeline",
+                      "device")
+    code = ("import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None; "
+            "from alexnet_jax.cli import main; rc = main(" + repr(args) + "); "
+            "assert 'tensorflow' not in [m.split('.')[0] for m in sys.modules "
+            "if sys.modules[m] is not None]; sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    assert [p["step"] for p in run_record(workdir)] == [1]
     assert_events_mirror_metrics(workdir)
 
 
