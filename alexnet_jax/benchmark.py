@@ -194,10 +194,10 @@ def bench_row(name, batch, steps, warmup, profile, epoch_split, analytic, device
             row = bench_epoch(name.removeprefix("epoch-"), batch, epoch_split)
         else:
             row = bench_torch(name, batch, steps, warmup)
-    except ImportError as err:
-        print(f"skipping {name}: {err}")
-        return None
-    except Exception as err:  # torch missing, or torch.compile without a toolchain, say
+    except Exception as err:  # torch.compile without a toolchain, say
+        if isinstance(err, ImportError) or isinstance(err.__cause__, ImportError):
+            print(f"skipping {name}: {err}")  # torch, or TensorFlow for epoch-host, missing
+            return None
         return {"variant": name, "batch": batch, "error": f"{type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}"}
     row["analytic_flops_per_image"] = analytic

@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
 # Every GPU check of alexnet-jax in one call, for a GPU machine held for minutes: the machine and
 # versions, d2l's full run (10 epochs, batch 128, TF-free: --source idx, device pipeline),
-# then the benchmark (step rows for every variant and batch size, epoch rows).
+# then the benchmark (step rows for every variant at two batch sizes, d2l's epoch end to end).
 #
 #   mkdir -p data && cp -r ../shared/data/fashion-mnist data/      # /data/ is git-ignored
 #   bash scripts/gpu_check.sh OUTDIR            # on the GPU machine, from the checkout
 #
-# Writes 7 files into OUTDIR: env.txt, train.log, metrics.jsonl, curves.png, config.json,
-# bench.md, bench.json. Each part has its own time limit, so one that hangs cannot take the
-# others' time. The settings below are environment variables so that the same script can be
-# tried on a CPU first with tiny ones.
+# Sized for one 10-minute call: each part has its own time limit (train 270 s, benchmark 240 s),
+# so one that hangs cannot take the others' time, and the benchmark writes its JSON after every
+# row, so a time-out still leaves what was measured. Needs Python with jax, flax, optax, orbax,
+# numpy, tensorboard, tqdm and matplotlib (torch for the PyTorch rows); no TensorFlow.
+# Writes into OUTDIR: env.txt, train.log, metrics.jsonl, curves.png, config.json, bench.md,
+# bench.json, and a last line "gpu_check: passed" (exit 0) or what failed (exit 1).
+# The settings are environment variables so the same script can be tried on a CPU first:
+#   DATA=... EPOCHS=1 TRAIN_ARGS="--limit-train 64 --limit-test 32" BATCHES=16 STEPS=1 \
+#     EPOCH_IMAGES=64 bash scripts/gpu_check.sh /tmp/check
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUTDIR}
 data=${DATA:-data/fashion-mnist}
 epochs=${EPOCHS:-10}
 train_args=${TRAIN_ARGS:-}
-batches=${BATCHES:-128 256 512 1024}
+batches=${BATCHES:-128 512}
 steps=${STEPS:-20}
 epoch_images=${EPOCH_IMAGES:-0}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
 run_dir=$(mktemp -d)  # checkpoints stay on the machine: only the small files come back
+trap 'rm -rf "$run_dir"' EXIT
+failed=()
 
 {
   date -u
@@ -34,17 +41,40 @@ run_dir=$(mktemp -d)  # checkpoints stay on the machine: only the small files co
 echo "== d2l's run: $epochs epochs, batch 128"
 start=$EPOCHREALTIME
 # shellcheck disable=SC2086
-timeout "${TRAIN_LIMIT:-300}" python -m alexnet_jax.cli train --workdir "$run_dir/d2l" \
+timeout "${TRAIN_LIMIT:-270}" python -m alexnet_jax.cli train --workdir "$run_dir/d2l" \
   --epochs "$epochs" --batch-size 128 --manual-dir "$data" --source idx --pipeline device \
   $train_args 2>&1 | tee "$out/train.log"
-echo "train exit ${PIPESTATUS[0]}, wall $(python -c "print(round($EPOCHREALTIME - $start, 1))") s" \
+train_rc=${PIPESTATUS[0]}
+echo "train exit $train_rc, wall $(python -c "print(round($EPOCHREALTIME - $start, 1))") s" \
   | tee -a "$out/train.log"
 cp "$run_dir"/d2l/{metrics.jsonl,curves.png,config.json} "$out"/ 2>/dev/null
+python - "$out/metrics.jsonl" "$epochs" <<'EOF' || failed+=("train (exit $train_rc)")
+import json, sys
+points = [json.loads(line) for line in open(sys.argv[1])]
+last = points[-1]
+assert abs(last["epoch"] - int(sys.argv[2])) < 1e-9, f"stopped at epoch {last['epoch']}"
+print(f"train: {len(points)} points, epoch {last['epoch']:g}, test acc {last['test_acc']:.3f}")
+EOF
 
 echo "== benchmark: batch $batches, $steps steps"
 # shellcheck disable=SC2086
-timeout "${BENCH_LIMIT:-360}" python -m alexnet_jax.cli benchmark --batch-size $batches \
+timeout "${BENCH_LIMIT:-240}" python -m alexnet_jax.cli benchmark --batch-size $batches \
   --steps "$steps" --epoch-images "$epoch_images" --manual-dir "$data" --source idx \
   --json "$out/bench.json" 2>&1 | tee "$out/bench.md"
-echo "benchmark exit ${PIPESTATUS[0]}"
-rm -rf "$run_dir"
+bench_rc=${PIPESTATUS[0]}
+echo "benchmark exit $bench_rc"
+python - "$out/bench.json" <<'EOF' || failed+=("benchmark (exit $bench_rc)")
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+jax_rows = [r for r in rows if r["variant"].startswith("jax-")]
+bad = [r for r in jax_rows if "error" in r]
+assert jax_rows and not bad, f"no JAX rows, or failed ones: {bad}"
+print(f"benchmark: {len(rows)} rows, {len(jax_rows)} of them JAX, none failed")
+EOF
+
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "gpu_check: passed" | tee -a "$out/bench.md"
+else
+  echo "gpu_check: FAILED: ${failed[*]}" | tee -a "$out/bench.md"
+  exit 1
+fi
