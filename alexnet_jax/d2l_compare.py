@@ -19,7 +19,7 @@ import numpy as np
 from .fashion_mnist import Split, load_split
 from .input_pipeline import epoch_order, num_batches
 from .progress import Progress
-from .run_dir import RunError, TrainConfig, write_atomic
+from .run_dir import RunError, TrainConfig, read_points, write_atomic
 from .train import train_and_evaluate
 from .workdir_tools import start_from
 
@@ -41,15 +41,14 @@ class D2lLoader:
 
     def __iter__(self):
         import torch
-        from PIL import Image
+
+        from .d2l_reference import pillow_resize
 
         order = epoch_order(len(self.split), self.seed, self.epoch, self.shuffle)
         self.epoch += 1
         for b in range(len(self)):
             rows = order[b * self.batch_size:(b + 1) * self.batch_size]
-            pixels = np.stack([np.asarray(Image.fromarray(im).resize((224, 224),
-                                                                     Image.BILINEAR))
-                               for im in self.split.images[rows]])
+            pixels = pillow_resize(self.split.images[rows])
             x = torch.from_numpy(pixels[:, None].astype(np.float32) / np.float32(255.0))
             yield x.to(self.dtype), torch.from_numpy(self.split.labels[rows].astype(np.int64))
             if self.progress:  # the step on this batch is done
@@ -99,7 +98,7 @@ def run_seed(args, seed: int, train: Split, test: Split) -> dict[str, list]:
     torch_points = folder / "torch" / "metrics.jsonl"
     print(f"seed {seed}, {FRAMEWORKS[0]}:")
     if torch_points.is_file():
-        runs[FRAMEWORKS[0]] = [json.loads(line) for line in torch_points.read_text().splitlines()]
+        runs[FRAMEWORKS[0]] = read_points(torch_points)
         print(f"  done before: {torch_points}")
     else:
         runs[FRAMEWORKS[0]] = train_torch(args, seed, net, train, test, folder / "torch",
@@ -113,8 +112,7 @@ def run_seed(args, seed: int, train: Split, test: Split) -> dict[str, list]:
     if not (folder / "jax" / "config.json").is_file():
         start_from(config, initial, f"d2l_net(seed={seed})")
     train_and_evaluate(config, out=lambda line: print("  " + line))
-    runs[FRAMEWORKS[1]] = [json.loads(line) for line in
-                           (folder / "jax" / "metrics.jsonl").read_text().splitlines()]
+    runs[FRAMEWORKS[1]] = read_points(folder / "jax" / "metrics.jsonl")
     return runs
 
 

@@ -97,5 +97,7 @@ def _fetch(url: str, part: Path, out, timeout: float) -> None:
         except (http.client.HTTPException, OSError) as err:
             raise Unavailable(f"connection dropped at {progress.done} of {total} bytes "
                               f"({type(err).__name__})") from None
+        finally:
+            progress.close()  # a bar cut short by a dropped connection ends its line
     if total and part.stat().st_size < total:
         raise Unavailable(f"connection dropped at {part.stat().st_size} of {total} bytes")

@@ -92,16 +92,10 @@ def train_split(fashion_mnist_dir):
     return load_idx_split(fashion_mnist_dir, "train")
 
 
-def pillow_resize(images: np.ndarray, size: int = 224) -> np.ndarray:
-    """torchvision's Resize(size) on uint8 PIL images (Pillow's bilinear resample)."""
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
-                     for im in images])
-
-
 def d2l_images(split, start: int, n: int) -> np.ndarray:
     """d2l's preprocessing (Resize(224) + ToTensor) of n test images, NHWC float32."""
+    from alexnet_jax.d2l_reference import pillow_resize
+
     return (pillow_resize(split.images[start:start + n]).astype(np.float32) / 255.0)[..., None]
 
 

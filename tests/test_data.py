@@ -8,8 +8,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import pillow_resize
 
+from alexnet_jax.d2l_reference import pillow_resize
 from alexnet_jax.fashion_mnist import (
     IDX_SHA256,
     DataError,
