@@ -17,6 +17,7 @@ from jax import lax
 
 from alexnet_jax import winograd
 from alexnet_jax.conv import NHWC, kernel_grad_matmuls
+from alexnet_jax.fast_malloc import loaded_allocator, preload_tcmalloc
 
 # name: (input HxW, C_in, C_out, kernel, pad)
 LAYERS = {"conv2": (26, 96, 256, 5, 2), "conv3": (12, 256, 384, 3, 1),
@@ -34,31 +35,26 @@ def median_s(fn, *args, repeats):
 
 
 def torch_times(x, w, g, pad, repeats):
+    """PyTorch's (oneDNN's) forward, input gradient and kernel gradient, each op alone."""
     import torch
 
-    xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous().requires_grad_()
-    wt = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous().requires_grad_()
+    xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
+    wt = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous()
     gt = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous()
-
-    def fwd():
-        with torch.no_grad():
-            return torch.nn.functional.conv2d(xt, wt, padding=pad)
-
-    def grads(which):
-        y = torch.nn.functional.conv2d(xt, wt, padding=pad)
-        return torch.autograd.grad(y, which, gt)
-
-    def timed(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    f = timed(fwd)
-    return f, timed(lambda: grads([xt])) - f, timed(lambda: grads([wt])) - f
+    ops = (lambda: torch.nn.functional.conv2d(xt, wt, padding=pad),
+           lambda: torch.nn.grad.conv2d_input(xt.shape, wt, gt, padding=pad),
+           lambda: torch.nn.grad.conv2d_weight(xt, wt.shape, gt, padding=pad))
+    times = []
+    with torch.no_grad():
+        for op in ops:
+            op()
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                op()
+                runs.append(time.perf_counter() - start)
+            times.append(statistics.median(runs))
+    return times
 
 
 def rel_err(a, b) -> float:
@@ -104,6 +100,7 @@ def time_layer(name, batch, tiles, repeats, with_torch):
 
 
 def main():
+    preload_tcmalloc()  # as the `alexnet-jax` command does: big buffers kept, not re-faulted
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--tiles", type=int, nargs="+", default=[2, 4, 6])
@@ -111,7 +108,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
-    print(f"{jax.devices()[0].device_kind}, batch {args.batch_size}, seconds (median of "
+    print(f"{jax.devices()[0].device_kind}, malloc {loaded_allocator()}, batch "
+          f"{args.batch_size}, seconds (median of "
           f"{args.repeats}); error: float32 relative to XLA's float32 at highest precision")
     print("| layer | op | kernel | s | vs XLA | error |")
     print("| --- | --- | --- | --- | --- | --- |")
