@@ -1,7 +1,7 @@
 """Winograd's minimal filtering (Lavin and Gray, 2016) for stride-1 NHWC convolutions.
 
-Why: on the CPU the convolutions are compute-bound and XLA's run slower than oneDNN's, so the
-way to a faster step is fewer multiplications. F(m x m, r x r) computes an m x m output tile
+Why: on the CPU the convolutions are compute-bound and most of the training step, so the way
+to a faster step is fewer multiplications. F(m x m, r x r) computes an m x m output tile
 from an a x a input tile (a = m + r - 1) with a*a products instead of m*m*r*r; across channels
 those products are a*a batched matmuls. The transforms are unrolled multiply-adds with constant
 coefficients, which XLA fuses into a few memory-bound loops.

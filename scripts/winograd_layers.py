@@ -13,6 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_conv_grads import median_seconds  # this folder's per-layer timing script
 from jax import lax
 
 from alexnet_jax import winograd
@@ -22,16 +23,6 @@ from alexnet_jax.fast_malloc import loaded_allocator, preload_tcmalloc
 # name: (input HxW, C_in, C_out, kernel, pad)
 LAYERS = {"conv2": (26, 96, 256, 5, 2), "conv3": (12, 256, 384, 3, 1),
           "conv4": (12, 384, 384, 3, 1), "conv5": (12, 384, 256, 3, 1)}
-
-
-def median_s(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def torch_times(x, w, g, pad, repeats):
@@ -87,12 +78,12 @@ def time_layer(name, batch, tiles, repeats, with_torch):
     reference = torch_times(x, w, g, p, repeats) if with_torch else None
     for i, (op, label, base, inputs, make) in enumerate(ops):
         base = jax.jit(base)
-        t0 = median_s(base, *inputs, repeats=repeats)
+        t0 = median_seconds(base, inputs, repeats)
         print(f"| {name} | {op} | {label} | {t0:.3f} | 1.00 | "
               f"{rel_err(base(*inputs), exact[i]):.1e} |", flush=True)
         for m in tiles:
             fn = jax.jit(make(m))
-            t = median_s(fn, *inputs, repeats=repeats)
+            t = median_seconds(fn, inputs, repeats)
             print(f"| {name} | {op} | F({m}, {r}) | {t:.3f} | {t0 / t:.2f} | "
                   f"{rel_err(fn(*inputs), exact[i]):.1e} |", flush=True)
         if reference is not None:
