@@ -13,16 +13,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_conv_grads import median_seconds  # this folder's per-layer timing script
+from bench_conv_grads import layer_shapes, median_seconds  # this folder's conv timings
 from jax import lax
 
 from alexnet_jax import winograd
 from alexnet_jax.conv import NHWC, kernel_grad_matmuls
 from alexnet_jax.fast_malloc import loaded_allocator, preload_tcmalloc
 
-# name: (input HxW, C_in, C_out, kernel, pad)
-LAYERS = {"conv2": (26, 96, 256, 5, 2), "conv3": (12, 256, 384, 3, 1),
-          "conv4": (12, 384, 384, 3, 1), "conv5": (12, 384, 256, 3, 1)}
+# name: (input HxW, C_in, C_out, kernel, pad) of the stride-1 convs, conv2-5
+LAYERS = {name: (size, c_in, c_out, kernel, pad)
+          for name, size, c_in, c_out, kernel, stride, pad in layer_shapes() if stride == 1}
 
 
 def torch_times(x, w, g, pad, repeats):

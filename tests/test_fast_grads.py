@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,6 @@ from jax import lax
 
 from alexnet_jax import AlexNet, init_params
 from alexnet_jax.conv import NHWC, WINOGRAD_MIN_BATCH, conv_general_dilated, winograd_tile
-from alexnet_jax.model import CONV_LAYERS
 from alexnet_jax.pool import max_pool
 
 pytestmark = pytest.mark.slow  # float64 gradients of every AlexNet layer
@@ -66,20 +66,20 @@ def test_conv_value_and_grads_equal_xla(name, batch, report):
 
 @pytest.fixture(scope="module")
 def trunk_inputs(test_split):
-    """d2l's init and the input of each conv layer for WINOGRAD_MIN_BATCH real test images
-    (XLA's float64 convs)."""
+    """d2l's init and the input of each conv layer for WINOGRAD_MIN_BATCH real test images:
+    the stock-Flax AlexNet (XLA's convs) in float64, each conv's input recorded on the way."""
     params = init_params(AlexNet(), jax.random.key(0))
     inputs = {}
-    with jax.enable_x64(True):
+
+    def record(call, args, kwargs, context):
+        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+            inputs[context.module.name] = args[0]
+        return call(*args, **kwargs)
+
+    with jax.enable_x64(True), nn.intercept_methods(record):
+        params64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         x = jnp.asarray(d2l_images(test_split, 0, WINOGRAD_MIN_BATCH), jnp.float64)
-        for name, _, _, stride, pad, pool in CONV_LAYERS:
-            inputs[name] = x
-            w = jnp.asarray(params[name]["kernel"], jnp.float64)
-            x = lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                                         dimension_numbers=NHWC)
-            x = jax.nn.relu(x + jnp.asarray(params[name]["bias"], jnp.float64))
-            if pool:
-                x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+        AlexNet(param_dtype=jnp.float64).apply({"params": params64}, x, train=False)
     return params, inputs
 
 
