@@ -7,13 +7,19 @@ The TF-free source needs neither TensorFlow nor tfds, for machines that have nei
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .progress import duration
+from .tf_import import import_quietly, quiet_requested
 
 # d2l's get_fashion_mnist_labels, in label order.
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -140,8 +146,7 @@ def tfds_release_order(num_examples: int, split: str) -> np.ndarray:
     The one use of tfds' private `core.hashing`; tests/test_data.py fails if it changes.
     """
     try:
-        from tensorflow_datasets.core import hashing
-
+        hashing = import_quietly("tensorflow_datasets.core.hashing")
         hasher = hashing.Hasher(salt=split)
         keys = [hasher.hash_key(i) for i in range(num_examples)]
     except (ImportError, AttributeError, TypeError) as err:
@@ -157,21 +162,29 @@ def load_tfds_split(split: str, data_dir: str | None = None,
                     manual_dir: str | None = None) -> Split:
     """One split through `tfds.load('fashion_mnist')`, reordered to the release order."""
     try:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
+        tf = import_quietly("tensorflow")
+        tfds = import_quietly("tensorflow_datasets")
     except ImportError as err:
         raise DataError(
             f"the tfds source needs tensorflow and tensorflow-datasets ({err}); "
             "use the TF-free source (--source idx) with --manual-dir instead"
         ) from err
     tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads data: no GPU memory
+    if quiet_requested():
+        tfds.disable_progress_bar()  # its bars would draw cursor codes into a log
     builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-    if not builder.is_prepared():  # tfds prepares it from the release files, not the network
+    prepared, start = builder.is_prepared(), time.monotonic()
+    if not prepared:  # tfds prepares it from the release files, not the network
         manual_dir = str(release_dir(manual_dir))
+        print(f"preparing tensorflow-datasets' copy of Fashion-MNIST in {builder.data_dir} "
+              "(first use only)", flush=True)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
-        ds = tfds.load("fashion_mnist", split=split, data_dir=data_dir, as_supervised=True,
-                       download_and_prepare_kwargs={"download_config": config})
+        # tfds prints "Downloading and preparing dataset ..." itself: ours said it above.
+        with contextlib.redirect_stdout(io.StringIO()) if quiet_requested() else (
+                contextlib.nullcontext()):
+            ds = tfds.load("fashion_mnist", split=split, data_dir=data_dir, as_supervised=True,
+                           download_and_prepare_kwargs={"download_config": config})
         # Chunks rather than batch_size=-1, which aborts on tfds.testing.mock_data.
         chunks = list(tfds.as_numpy(ds.batch(10000)))
         images = np.concatenate([c[0] for c in chunks])
@@ -180,6 +193,8 @@ def load_tfds_split(split: str, data_dir: str | None = None,
         raise DataError(
             f"tfds could not load fashion_mnist: {err}. " + where_to_put_files(manual_dir)
         ) from err
+    if not prepared:
+        print(f"prepared it in {duration(time.monotonic() - start)}", flush=True)
     order = np.empty(len(labels), np.int64)
     order[tfds_release_order(len(labels), split)] = np.arange(len(labels))
     return Split(np.ascontiguousarray(images[order, :, :, 0]), labels[order].astype(np.int32))
@@ -187,8 +202,8 @@ def load_tfds_split(split: str, data_dir: str | None = None,
 
 def tf_available() -> bool:
     try:
-        import tensorflow  # noqa: F401
-        import tensorflow_datasets  # noqa: F401
+        import_quietly("tensorflow")
+        import_quietly("tensorflow_datasets")
     except ImportError:
         return False
     return True

@@ -36,6 +36,7 @@ from .parallel import (
     process_rows,
 )
 from .preprocess import IMAGE_SIZE, PIXEL_TO_FLOAT, resize_uint8_tf
+from .tf_import import import_quietly
 
 PIPELINES = ("device", "host")
 
@@ -90,8 +91,7 @@ class HostPipeline(_Pipeline):
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
                  mesh: Mesh | None = None):
-        import tensorflow as tf
-
+        tf = import_quietly("tensorflow")
         super().__init__(split, batch_size, shuffle, seed, mesh)
         tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take GPU memory
         self._tf = tf

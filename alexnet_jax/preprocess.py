@@ -84,7 +84,9 @@ def to_model_input(resized, xp=np):
 
 def resize_uint8_tf(images, size: int = IMAGE_SIZE):
     """Pillow's bilinear resize in TensorFlow int32 ops (the same taps as JAX), for tf.data."""
-    import tensorflow as tf
+    from .tf_import import import_quietly
+
+    tf = import_quietly("tensorflow")
 
     def one_pass(x, axis):
         index, weight = pillow_taps(x.shape[axis], size)

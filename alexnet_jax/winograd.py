@@ -133,3 +133,12 @@ def kernel_grad(x, g, padding, r: int, m: int, precision=None):
                            preferred_element_type=out_type)
     dw = _untile(at, prod.reshape(a, a, c_in, c_out))  # (col j, row i, c_in, c_out)
     return dw.transpose(1, 0, 2, 3)
+
+
+def rounding_growth(m: int, r: int) -> float:
+    """How much F(m x m, r x r) grows the RMS of independent rounding errors over a direct
+    r x r sum of products (1 for direct): the l2 form of the componentwise bound
+    |A^T| (|G| |g| * |B^T| |d|) for unit g and d, over its worst output, squared for 2-D."""
+    at, g, bt = matrices(m, r)
+    rms = np.sqrt((at ** 2) @ ((g ** 2).sum(1) * (bt ** 2).sum(1)))
+    return float((rms.max() / np.sqrt(r)) ** 2)

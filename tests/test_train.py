@@ -188,11 +188,19 @@ def test_evaluate_missing_workdir_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir):
-    """A successful evaluate prints its one result line and nothing on stderr (no absl,
-    orbax or TensorFlow lines); --verbose brings them back."""
+def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir, tmp_path):
+    """evaluate prints only our lines and nothing on stderr (no absl, orbax, TensorFlow or
+    tfds line, on CPUs with and without AVX-512), the first use of a tfds data dir included,
+    which says in one line of ours that it prepares tfds' copy; --verbose brings them back."""
     cmd = [sys.executable, "-m", "alexnet_jax.cli", "evaluate", "--workdir", str(trained),
-           "--manual-dir", str(fashion_mnist_dir)]
+           "--manual-dir", str(fashion_mnist_dir), "--source", "tfds",
+           "--data-dir", str(tmp_path / "tfds")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0].startswith("preparing tensorflow-datasets' copy of Fashion-MNIST in "), lines
+    assert lines[1].startswith("prepared it in ") and lines[2].startswith("checkpoint step ")
+    assert len(lines) == 3, lines
     quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.startswith("checkpoint step ") and "test loss" in quiet.stdout
@@ -200,6 +208,26 @@ def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir):
     verbose = subprocess.run([*cmd[:3], "--verbose", *cmd[3:]], capture_output=True, text=True,
                              timeout=300)
     assert verbose.returncode == 0 and "WARNING:absl" in verbose.stderr
+
+
+def test_tensorflow_import_noise_is_dropped_and_the_rest_kept(capfd, monkeypatch):
+    """The C++ INFO/WARNING lines TensorFlow writes to fd 2 at import (oneDNN's notice on
+    AVX-512 CPUs, absl's banner) are dropped; an error line and Python's output are kept.
+    Forced here with C-level writes, so it holds on CPUs that never print them."""
+    import os
+
+    from alexnet_jax.tf_import import c_stderr_filtered
+
+    noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+             "STDERR\nI0000 00:00:1796187609.000969    1933 port.cc:153] oneDNN custom "
+             "operations are on. ... `TF_ENABLE_ONEDNN_OPTS=0`.\nW0000 00:00:1796187609.1 "
+             "12 cpu_feature_guard.cc:210] This TensorFlow binary is optimized ...\n")
+    kept = "E0000 00:00:1796187609.2 12 kernel.cc:1] a real error\n"
+    with c_stderr_filtered():
+        os.write(2, (noise + kept).encode())
+        print("python's own line", file=sys.stderr)
+    err = capfd.readouterr().err  # pytest takes sys.stderr's line apart from fd 2's
+    assert sorted(err.splitlines(True)) == sorted([kept, "python's own line\n"]), err
 
 
 def test_every_flag_has_help_and_its_default(capsys):
