@@ -8,55 +8,41 @@ signal N. Errors are one line on stderr; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
 from .cli_parser import build_parser
 
+# Each command's function (module, name), imported only when it runs: `--help` stays quick.
+COMMANDS = {
+    "evaluate": ("commands.evaluate", "evaluate_command"),
+    "predict": ("commands.evaluate", "predict_command"),
+    "convert": ("commands.convert", "convert_command"),
+    "plot": ("commands.plot", "plot_command"),
+    "benchmark": ("commands.benchmark", "main"),
+    "summary": ("commands.summary", "summary_command"),
+    "download": ("data.download", "download_command"),
+    "compare-torch": ("d2l.compare", "compare_command"),
+}
+
+
+def train_command(args: argparse.Namespace) -> None:
+    from .runtime.parallel import init_distributed
+    from .training.loop import train_and_evaluate
+    from .training.run_dir import TrainConfig
+
+    init_distributed(args.coordinator, args.num_processes, args.process_id,
+                     auto=args.distributed)
+    train_and_evaluate(TrainConfig.from_dict(vars(args)), restart=args.restart)
+
 
 def run(args: argparse.Namespace) -> int:
-    if args.command == "summary":
-        from .summary import format_summary
-
-        print(format_summary(args.image_size))
-        return 0
     if args.command == "train":
-        from .parallel import init_distributed
-        from .run_dir import TrainConfig
-        from .train import train_and_evaluate
-
-        init_distributed(args.coordinator, args.num_processes, args.process_id,
-                         auto=args.distributed)
-        train_and_evaluate(TrainConfig.from_dict(vars(args)), restart=args.restart)
-        return 0
-    if args.command == "download":
-        from .download import download
-
-        print(f"the four Fashion-MNIST release files are in {download(args.dir)}, verified")
-        return 0
-    if args.command == "plot":
-        from .workdir_tools import plot_command
-
-        plot_command(args)
-        return 0
-    if args.command == "compare-torch":
-        from .d2l_compare import compare_command
-
-        compare_command(args)
-        return 0
-    if args.command == "benchmark":
-        from .benchmark import main as benchmark_main
-
-        return benchmark_main(args)
-    from . import workdir_tools
-
-    if args.command == "evaluate":
-        workdir_tools.evaluate_command(args)
-    elif args.command == "predict":
-        workdir_tools.predict_command(args)
-    elif args.command == "convert":
-        workdir_tools.convert_command(args)
-    return 0
+        return train_command(args) or 0
+    module, name = COMMANDS[args.command]
+    command = getattr(importlib.import_module(f".{module}", __package__), name)
+    return command(args) or 0
 
 
 def quiet_logs() -> None:
@@ -87,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The `alexnet-jax` command: `main` under tcmalloc where installed (fast_malloc.py)."""
-    from .fast_malloc import preload_tcmalloc
+    from .runtime.fast_malloc import preload_tcmalloc
 
     preload_tcmalloc()
     return main()

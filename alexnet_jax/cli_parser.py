@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .profiling import step_range
+from .observe.profiling import step_range
 
 DESCRIPTION = "d2l's AlexNet on Fashion-MNIST in JAX/Flax."
 

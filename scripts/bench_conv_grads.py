@@ -1,7 +1,7 @@
-"""Time each conv's kernel gradient: XLA's own vs alexnet_jax.conv's matmuls.
+"""Time each conv's kernel gradient: XLA's own vs alexnet_jax.kernels.conv's matmuls.
 
 Medians of --repeats timed calls after a warm-up, each ended by block_until_ready. This is
-the evidence for alexnet_jax/conv.py (see benchmarks/NOTES.md).
+the evidence for alexnet_jax/kernels/conv.py (see benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from alexnet_jax.conv import NHWC, kernel_grad_matmuls
+from alexnet_jax.kernels.conv import NHWC, kernel_grad_matmuls
 from alexnet_jax.model import CONV_LAYERS, conv_out
 
 

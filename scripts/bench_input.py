@@ -15,9 +15,9 @@ import time
 
 import jax
 
-from alexnet_jax.fashion_mnist import load_split
-from alexnet_jax.input_pipeline import DevicePipeline, HostPipeline
-from alexnet_jax.preprocess import model_input
+from alexnet_jax.data.fashion_mnist import load_split
+from alexnet_jax.data.input_pipeline import DevicePipeline, HostPipeline
+from alexnet_jax.data.preprocess import model_input
 
 
 def time_batches(batches, consume, n: int) -> float:

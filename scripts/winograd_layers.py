@@ -16,9 +16,9 @@ import numpy as np
 from bench_conv_grads import layer_shapes, median_seconds  # this folder's conv timings
 from jax import lax
 
-from alexnet_jax import winograd
-from alexnet_jax.conv import NHWC, kernel_grad_matmuls
-from alexnet_jax.fast_malloc import loaded_allocator, preload_tcmalloc
+from alexnet_jax.kernels import winograd
+from alexnet_jax.kernels.conv import NHWC, kernel_grad_matmuls
+from alexnet_jax.runtime.fast_malloc import loaded_allocator, preload_tcmalloc
 
 # name: (input HxW, C_in, C_out, kernel, pad) of the stride-1 convs, conv2-5
 LAYERS = {name: (size, c_in, c_out, kernel, pad)

@@ -64,8 +64,8 @@ def rel_err(a, b) -> float:
 def fashion_mnist_dir() -> Path:
     """The four release files: FASHION_MNIST_DIR (a failure when it lacks them), else the
     user's cache, downloaded into it if need be; skipped, saying why, only when neither works."""
-    from alexnet_jax.download import default_dir, download
-    from alexnet_jax.fashion_mnist import DataError, missing_files
+    from alexnet_jax.data.download import default_dir, download
+    from alexnet_jax.data.release import DataError, missing_files
 
     value = os.environ.get("FASHION_MNIST_DIR")
     if value:
@@ -80,21 +80,21 @@ def fashion_mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def test_split(fashion_mnist_dir):
-    from alexnet_jax.fashion_mnist import load_idx_split
+    from alexnet_jax.data.fashion_mnist import load_idx_split
 
     return load_idx_split(fashion_mnist_dir, "test")
 
 
 @pytest.fixture(scope="session")
 def train_split(fashion_mnist_dir):
-    from alexnet_jax.fashion_mnist import load_idx_split
+    from alexnet_jax.data.fashion_mnist import load_idx_split
 
     return load_idx_split(fashion_mnist_dir, "train")
 
 
 def d2l_images(split, start: int, n: int) -> np.ndarray:
     """d2l's preprocessing (Resize(224) + ToTensor) of n test images, NHWC float32."""
-    from alexnet_jax.d2l_reference import pillow_resize
+    from alexnet_jax.d2l.reference import pillow_resize
 
     return (pillow_resize(split.images[start:start + n]).astype(np.float32) / 255.0)[..., None]
 
@@ -118,7 +118,7 @@ def run_record(workdir) -> list[dict]:
 
 
 def params_of(workdir):
-    from alexnet_jax.workdir_tools import load_state
+    from alexnet_jax.training.saved_state import load_state
 
     return jax.device_get(load_state(workdir)[0].params)
 
@@ -156,7 +156,7 @@ def sigterm_after(steps: int):
     train step, as a user's Ctrl-C or a scheduler's stop would land."""
     import signal
 
-    from alexnet_jax import train
+    from alexnet_jax.training import loop as train
 
     real_compile = train.compile_steps
 

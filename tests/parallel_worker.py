@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from alexnet_jax.parallel import init_distributed
+from alexnet_jax.runtime.parallel import init_distributed
 
 if __name__ == "__main__":
     prefix, settings, epochs = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(",")
@@ -19,8 +19,8 @@ if __name__ == "__main__":
         init_distributed(sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
     import jax
 
-    from alexnet_jax.run_dir import TrainConfig
-    from alexnet_jax.train import train_and_evaluate
+    from alexnet_jax.training.loop import train_and_evaluate
+    from alexnet_jax.training.run_dir import TrainConfig
 
     for epoch in epochs:
         state, result = train_and_evaluate(TrainConfig(**{**settings, "epochs": int(epoch)}))

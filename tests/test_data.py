@@ -9,22 +9,21 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.d2l_reference import pillow_resize
-from alexnet_jax.fashion_mnist import (
-    IDX_SHA256,
-    DataError,
+from alexnet_jax.d2l.reference import pillow_resize
+from alexnet_jax.data.fashion_mnist import (
     Split,
     load_idx_split,
     load_split,
     load_tfds_split,
 )
-from alexnet_jax.input_pipeline import (
+from alexnet_jax.data.input_pipeline import (
     DevicePipeline,
     HostPipeline,
     epoch_order,
     num_batches,
 )
-from alexnet_jax.preprocess import model_input, resize_uint8_jax, resize_uint8_tf
+from alexnet_jax.data.preprocess import model_input, resize_uint8_jax, resize_uint8_tf
+from alexnet_jax.data.release import IDX_SHA256, DataError
 
 jit_model_input = jax.jit(model_input)
 jit_resize = jax.jit(resize_uint8_jax)
@@ -98,7 +97,7 @@ def test_tfds_pipeline_on_mock_data(monkeypatch):
     """Pipeline logic on tfds.testing.mock_data (no files needed)."""
     import tensorflow_datasets as tfds
 
-    from alexnet_jax import fashion_mnist
+    from alexnet_jax.data import fashion_mnist
 
     # mock_data fakes the loading, not is_prepared(): no release files needed.
     monkeypatch.setattr(fashion_mnist, "release_dir", lambda manual_dir: "unused")
@@ -117,7 +116,7 @@ def test_tfds_record_order_is_md5_of_split_and_index():
     through tfds' private hashing, so this fails the day tfds changes it."""
     import hashlib
 
-    from alexnet_jax.fashion_mnist import tfds_release_order
+    from alexnet_jax.data.fashion_mnist import tfds_release_order
 
     for split in ("train", "test"):
         md5 = [int(hashlib.md5(f"{split}{i}".encode()).hexdigest(), 16) for i in range(500)]
@@ -128,7 +127,7 @@ def test_tfds_record_order_is_md5_of_split_and_index():
 def test_changed_tfds_hashing_is_a_clear_error(monkeypatch):
     from tensorflow_datasets.core import hashing
 
-    from alexnet_jax.fashion_mnist import tfds_release_order
+    from alexnet_jax.data.fashion_mnist import tfds_release_order
 
     monkeypatch.delattr(hashing, "Hasher")
     with pytest.raises(DataError, match="changed its private hashing.*--source idx"):
@@ -252,7 +251,7 @@ def test_tfds_offline_without_manual_dir_fails_fast(tmp_path, monkeypatch):
     import socket
     import time
 
-    from alexnet_jax import download
+    from alexnet_jax.data import download
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from alexnet_jax.download import download
-from alexnet_jax.fashion_mnist import GZ_SHA256, DataError, load_split
+from alexnet_jax.data.download import download
+from alexnet_jax.data.fashion_mnist import load_split
+from alexnet_jax.data.release import GZ_SHA256, DataError
 
 NAMES = tuple(GZ_SHA256)
 
@@ -116,7 +117,7 @@ def test_no_server_fails_fast_with_the_offline_message(tmp_path):
 
 def test_first_use_downloads_into_the_cache(server, tmp_path, monkeypatch):
     """No --manual-dir: the split comes from $FASHION_MNIST_DIR (the cache), filled on use."""
-    from alexnet_jax import download as downloads
+    from alexnet_jax.data import download as downloads
 
     _, url = server
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "cache"))

@@ -19,13 +19,13 @@ from conftest import d2l_images, rel_err
 from scipy import stats
 
 from alexnet_jax import AlexNet, init_params
-from alexnet_jax.conv import WINOGRAD_MIN_BATCH, WINOGRAD_TILE
-from alexnet_jax.d2l_reference import d2l_net, nhwc_to_nchw
-from alexnet_jax.parallel import make_mesh
-from alexnet_jax.run_dir import build_model
-from alexnet_jax.steps import create_train_state, cross_entropy, empty_metrics, jit_steps
-from alexnet_jax.torch_compat import TORCH_INDEX, params_from_torch, params_to_torch
-from alexnet_jax.winograd import rounding_growth
+from alexnet_jax.d2l.reference import d2l_net, nhwc_to_nchw
+from alexnet_jax.d2l.torch_weights import TORCH_INDEX, params_from_torch, params_to_torch
+from alexnet_jax.kernels.conv import WINOGRAD_MIN_BATCH, WINOGRAD_TILE
+from alexnet_jax.kernels.winograd import rounding_growth
+from alexnet_jax.runtime.parallel import make_mesh
+from alexnet_jax.training.run_dir import build_model
+from alexnet_jax.training.steps import create_train_state, cross_entropy, empty_metrics, jit_steps
 
 BATCH = 2  # AlexNet-224 costs ~2 GFLOP per image forward; small batches keep CI quick
 MODEL = build_model()  # the model `train` runs: AlexNet with the CPU-fast conv and pool

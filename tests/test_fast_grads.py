@@ -1,4 +1,4 @@
-"""alexnet_jax.conv and .pool: the CPU kernels compute what XLA's (and PyTorch's) do."""
+"""alexnet_jax.kernels.conv and .pool: the CPU kernels compute what XLA's (and PyTorch's) do."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from conftest import d2l_images, rel_err
 from jax import lax
 
 from alexnet_jax import AlexNet, init_params
-from alexnet_jax.conv import NHWC, WINOGRAD_MIN_BATCH, conv_general_dilated, winograd_tile
-from alexnet_jax.pool import max_pool
+from alexnet_jax.kernels.conv import NHWC, WINOGRAD_MIN_BATCH, conv_general_dilated, winograd_tile
+from alexnet_jax.kernels.pool import max_pool
 
 pytestmark = pytest.mark.slow  # float64 gradients of every AlexNet layer
 

@@ -1,4 +1,4 @@
-"""alexnet_jax.fast_malloc: the command re-executes itself under tcmalloc once, unless told not."""
+"""runtime/fast_malloc.py: the command re-executes itself under tcmalloc once, unless told not."""
 
 import os
 import subprocess
@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from alexnet_jax.fast_malloc import ENV, find_tcmalloc, loaded_allocator
+from alexnet_jax.runtime.fast_malloc import ENV, find_tcmalloc, loaded_allocator
 
 # A child that asks for the preload, then reports what it runs under and how often it started.
-CHILD = ("import os, sys; from alexnet_jax.fast_malloc import preload_tcmalloc, loaded_allocator;"
+CHILD = ("import os, sys; "
+         "from alexnet_jax.runtime.fast_malloc import preload_tcmalloc, loaded_allocator;"
          "sys.stderr.write('start\\n'); preload_tcmalloc();"
          "print(loaded_allocator(), os.environ.get('ALEXNET_JAX_MALLOC'), sys.argv[1:])")
 

@@ -214,7 +214,7 @@ def test_convert_rejects_a_file_that_is_not_a_state_dict(tmp_path, capsys):
 def test_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     import torch
 
-    from alexnet_jax.d2l_reference import d2l_alexnet
+    from alexnet_jax.d2l.reference import d2l_alexnet
 
     sd = d2l_alexnet().state_dict()
     sd["20.weight"], sd["20.bias"] = torch.zeros(5, 4096), torch.zeros(5)  # 5 classes
@@ -258,7 +258,7 @@ def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, c
     assert main(train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")) == 0
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from alexnet_jax.workdir_lock import hold\n"
+         "from alexnet_jax.training.lock import hold\n"
          "with hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
          str(workdir)], stdout=subprocess.PIPE, text=True)
     try:
@@ -275,7 +275,7 @@ def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, c
     finally:
         holder.kill()  # SIGKILL: the kernel drops its lock with it
         holder.wait()
-    from alexnet_jax.workdir_lock import hold
+    from alexnet_jax.training.lock import hold
 
     with hold(workdir):
         pass
@@ -376,7 +376,7 @@ def test_sigkill_at_random_moments_ends_bit_identical(fashion_mnist_dir, tmp_pat
 def _bad_state_dicts():
     import torch
 
-    from alexnet_jax.d2l_reference import d2l_alexnet
+    from alexnet_jax.d2l.reference import d2l_alexnet
 
     base = d2l_alexnet().state_dict()
 

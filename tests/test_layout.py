@@ -1,5 +1,5 @@
-"""The package's shape: one job per module, data flowing one way (README, "How the code is
-laid out")."""
+"""The package's shape: folders by concern, dependencies one way, no import circle, one job
+per module (README, "How the code is laid out")."""
 
 from __future__ import annotations
 
@@ -8,30 +8,137 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "alexnet_jax"
 MAX_LINES = 250
+LOWEST = {"runtime", "observe", "kernels", "model"}  # import nothing of the package
+# Each folder (or top-level module) and what it may import besides itself; the package's face
+# (alexnet_jax/__init__.py) may import anything but the CLI, and the CLI anything.
+MAY_IMPORT = {
+    **{name: set() for name in LOWEST},
+    "data": {"runtime", "observe"},
+    "training": {"model", "kernels", "data", "runtime", "observe"},
+    "d2l": {"training", "model", "kernels", "data", "runtime", "observe"},
+    "commands": {"d2l", "training", "model", "kernels", "data", "runtime", "observe"},
+}
+TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", "cli_parser.py", "model.py"}
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The package modules `path` imports (relative imports, at any depth)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Each module of the package -> the package modules it imports (at any depth in the
+    file, relative or absolute); `from . import x` counts x when x is a module."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                names = [f"{base}.{a.name}" for a in node.names]
+                targets = names if any(t in modules for t in names) else [base]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
             else:
-                found.update(alias.name for alias in node.names)
-    return found
+                continue
+            found.update(t for t in targets if t in modules and t != name)
+        graph[name] = found
+    return graph
+
+
+def layer(module: str) -> str:
+    """'data' for alexnet_jax.data.x, 'model' for alexnet_jax.model, 'cli' for the entry
+    points, 'face' for the package's __init__."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "face"
+    return "cli" if parts[1] in ("cli", "cli_parser", "__main__") else parts[1]
+
+
+def against_the_direction(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    bad = []
+    for importer, imported in graph.items():
+        for target in imported:
+            a, b = layer(importer), layer(target)
+            allowed = (a == b or a == "cli" or (a == "face" and b != "cli")
+                       or b in MAY_IMPORT.get(a, set()))
+            if not allowed:
+                bad.append((importer, target))
+    return sorted(bad)
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first walk, each as the modules along it."""
+    circles, state = [], {}
+
+    def walk(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                circles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [node])
+    return circles
+
+
+def test_folders_import_one_way_and_nothing_imports_the_cli():
+    graph = import_graph()
+    assert against_the_direction(graph) == []
+    assert "alexnet_jax.data.fashion_mnist" in graph["alexnet_jax.training.loop"]  # it reads
+
+
+def test_no_import_circle():
+    assert import_circles(import_graph()) == []
+
+
+def test_the_checks_catch_a_module_against_the_direction_and_a_circle(tmp_path):
+    """A synthetic package: data/ imports the training loop, which imports it back."""
+    root = tmp_path / "alexnet_jax"
+    for folder in ("data", "training"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "data" / "bad.py").write_text("def f():\n    from ..training import loop\n")
+    (root / "training" / "loop.py").write_text("from ..data.bad import f\n")
+    graph = import_graph(root)
+    assert against_the_direction(graph) == [("alexnet_jax.data.bad", "alexnet_jax.training.loop")]
+    assert import_circles(graph) == [["alexnet_jax.data.bad", "alexnet_jax.training.loop",
+                                      "alexnet_jax.data.bad"]]
 
 
 def test_only_the_entry_points_import_the_training_loop():
-    importers = sorted(p.name for p in PACKAGE.glob("*.py") if "train" in imported_modules(p))
-    assert importers == ["cli.py", "d2l_compare.py"]
+    graph = import_graph()
+    loop = "alexnet_jax.training.loop"
+    importers = sorted(m for m, imported in graph.items() if loop in imported)
+    assert importers == ["alexnet_jax.cli", "alexnet_jax.d2l.compare"]
 
 
 def test_model_is_free_of_kernels_and_steps_of_pipelines():
-    assert imported_modules(PACKAGE / "model.py") == set()
-    assert "input_pipeline" not in imported_modules(PACKAGE / "steps.py")
+    graph = import_graph()
+    assert graph["alexnet_jax.model"] == set()
+    assert "alexnet_jax.data.input_pipeline" not in graph["alexnet_jax.training.steps"]
+
+
+def test_top_level_holds_the_entry_points_and_the_model_and_folders_say_what_they_hold():
+    assert {p.name for p in PACKAGE.glob("*.py")} == TOP_LEVEL
+    folders = {p.parent.name: p for p in PACKAGE.glob("*/__init__.py")}
+    assert set(folders) == set(MAY_IMPORT) - LOWEST | {"runtime", "observe", "kernels"}
+    for name, init in folders.items():
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and "Imports" in doc, name  # what it holds, and what it may import
 
 
 def test_no_module_over_the_line_budget():
-    sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}

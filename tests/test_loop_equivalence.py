@@ -1,6 +1,6 @@
 """Our training loop reports what d2l's train_ch6 reports, point for point.
 
-`compare-torch` runs a replica of d2l's train_ch6 (alexnet_jax/d2l_reference.py: its
+`compare-torch` runs a replica of d2l's train_ch6 (alexnet_jax/d2l/reference.py: its
 Accumulator, its per-epoch evaluation, the points its Animator plots) and our `train` from the
 same initial weights on the same batches. In float64 with dropout off, over two epochs whose
 last batch is partial, every point and the final parameters must agree to 1e-10 relative.
@@ -14,9 +14,9 @@ import torch
 from conftest import rel_err, run_record
 
 from alexnet_jax.cli import main
-from alexnet_jax.d2l_compare import curve_values
-from alexnet_jax.torch_compat import params_to_torch
-from alexnet_jax.workdir_tools import load_state
+from alexnet_jax.d2l.compare import curve_values
+from alexnet_jax.d2l.torch_weights import params_to_torch
+from alexnet_jax.training.saved_state import load_state
 
 BOUND = 1e-10
 

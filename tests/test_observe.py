@@ -13,7 +13,7 @@ import pytest
 from conftest import run_record, sigterm_after, train_args
 
 from alexnet_jax.cli import main
-from alexnet_jax.events import read_scalars
+from alexnet_jax.observe.events import read_scalars
 
 
 def assert_events_mirror_metrics(workdir) -> None:
@@ -88,8 +88,8 @@ def test_plot_several_runs(tmp_path, capsys):
     assert main(["plot", *runs, "--out", str(png)]) == 0
     assert png.stat().st_size > 0 and "2 runs" in capsys.readouterr().out
 
-    from alexnet_jax.plots import plot_runs
-    from alexnet_jax.run_dir import read_points
+    from alexnet_jax.observe.plots import plot_runs
+    from alexnet_jax.training.run_dir import read_points
 
     fig = plot_runs({os.path.basename(r): read_points(tmp_path / r / "metrics.jsonl")
                      for r in runs}, tmp_path / "again.png")

@@ -22,7 +22,7 @@ import pytest
 from conftest import rel_err
 
 from alexnet_jax.cli import main
-from alexnet_jax.parallel import check_batch_size, make_mesh, pad_indices, put_replicated
+from alexnet_jax.runtime.parallel import check_batch_size, make_mesh, pad_indices, put_replicated
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
@@ -76,8 +76,8 @@ def test_batch_size_the_devices_cannot_share_is_refused():
 
 def test_pipeline_batch_shapes_include_the_padded_last_batch():
     """What `train` compiles ahead of time: every batch shape an epoch delivers."""
-    from alexnet_jax.fashion_mnist import Split
-    from alexnet_jax.input_pipeline import DevicePipeline
+    from alexnet_jax.data.fashion_mnist import Split
+    from alexnet_jax.data.input_pipeline import DevicePipeline
 
     def sizes(n, batch):
         split = Split(np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.int32))
@@ -106,8 +106,8 @@ def test_cli_refuses_indivisible_batch_on_four_devices(fashion_mnist_dir, tmp_pa
 @pytest.mark.slow
 def test_padding_examples_change_nothing(test_split):
     """A batch of 6 filled up to 8 with padding (label -1) trains exactly like the 6 alone."""
-    from alexnet_jax.run_dir import build_model
-    from alexnet_jax.steps import create_train_state, empty_metrics, jit_steps
+    from alexnet_jax.training.run_dir import build_model
+    from alexnet_jax.training.steps import create_train_state, empty_metrics, jit_steps
 
     mesh = make_mesh()
     step = jit_steps(mesh).train
@@ -227,7 +227,7 @@ def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, t
     assert float(saved[0]["train_acc"]) == float(one["train_acc"])
     assert "examples/sec on 2 x cpu" in outputs[0] and "examples/sec" not in outputs[1]
     assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 3
-    from alexnet_jax.events import read_scalars  # TensorBoard events: process 0 alone
+    from alexnet_jax.observe.events import read_scalars  # TensorBoard events: process 0 alone
 
     assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert [step for step, _ in read_scalars(tmp_path / "two")["train/loss"]] == [1, 2, 3]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from alexnet_jax import progress as progress_module
-from alexnet_jax.progress import Progress, duration
-from alexnet_jax.report import cpu_estimate
+from alexnet_jax.observe import progress as progress_module
+from alexnet_jax.observe.progress import Progress, duration
+from alexnet_jax.training.report import cpu_estimate
 
 
 class Clock:

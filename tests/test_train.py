@@ -14,8 +14,8 @@ import torch
 from conftest import assert_same_params, d2l_images, params_of, rel_err, train_args
 
 from alexnet_jax.cli import main
-from alexnet_jax.d2l_reference import d2l_net, nhwc_to_nchw
-from alexnet_jax.workdir_tools import load_state
+from alexnet_jax.d2l.reference import d2l_net, nhwc_to_nchw
+from alexnet_jax.training.saved_state import load_state
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,15 @@ def test_conflicting_settings_are_refused(trained, fashion_mnist_dir, capsys):
 def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
     """compile_steps compiles every batch shape an epoch has; the epoch then compiles nothing
     (the first timed step used to compile again, inside d2l's examples/sec)."""
-    from alexnet_jax.input_pipeline import make_pipeline
-    from alexnet_jax.parallel import make_mesh, put_replicated
-    from alexnet_jax.run_dir import build_model
-    from alexnet_jax.steps import compile_steps, create_train_state, empty_metrics, jit_steps
+    from alexnet_jax.data.input_pipeline import make_pipeline
+    from alexnet_jax.runtime.parallel import make_mesh, put_replicated
+    from alexnet_jax.training.run_dir import build_model
+    from alexnet_jax.training.steps import (
+        compile_steps,
+        create_train_state,
+        empty_metrics,
+        jit_steps,
+    )
 
     mesh = make_mesh()
     pipe = make_pipeline("device", train_split.head(10), 4, True, 0, mesh)  # 4, 4, then 2
@@ -129,8 +134,8 @@ def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
 
 @pytest.mark.slow
 def test_predict_works_in_bounded_batches(trained, test_split):
-    from alexnet_jax.preprocess import model_input
-    from alexnet_jax.workdir_tools import predict_classes
+    from alexnet_jax.commands.evaluate import predict_classes
+    from alexnet_jax.data.preprocess import model_input
 
     state, _ = load_state(trained)
     images = test_split.images[:7]
@@ -150,7 +155,7 @@ def test_predict_writes_grid_and_text(trained, fashion_mnist_dir, tmp_path, caps
 
 
 def test_wrong_predictions_are_titled_in_red(tmp_path):
-    from alexnet_jax.plots import plot_predictions
+    from alexnet_jax.observe.plots import plot_predictions
 
     images = np.zeros((3, 28, 28), np.uint8)
     fig = plot_predictions(images, ["bag\nbag", "coat\nshirt", "dress\ndress"],
@@ -216,7 +221,7 @@ def test_tensorflow_import_noise_is_dropped_and_the_rest_kept(capfd, monkeypatch
     Forced here with C-level writes, so it holds on CPUs that never print them."""
     import os
 
-    from alexnet_jax.tf_import import c_stderr_filtered
+    from alexnet_jax.data.tf_import import c_stderr_filtered
 
     noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
              "STDERR\nI0000 00:00:1796187609.000969    1933 port.cc:153] oneDNN custom "
@@ -264,8 +269,8 @@ def test_summary_shapes_and_params(capsys):
 
 
 def test_import_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; import alexnet_jax, alexnet_jax.train, "
-            "alexnet_jax.torch_compat; print('ok')")
+    code = ("import sys; sys.modules['torch'] = None; import alexnet_jax, "
+            "alexnet_jax.training.loop, alexnet_jax.d2l.torch_weights; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
@@ -303,8 +308,8 @@ CHECKPOINT_LAYOUT = {
 def test_checkpoint_layout_unchanged():
     """Checkpoints written by earlier releases restore: same paths, dtypes, shapes, and an
     optimizer state of two empty SGD states."""
-    from alexnet_jax.run_dir import build_model, checkpoint_tree, empty_totals
-    from alexnet_jax.steps import create_train_state, empty_metrics
+    from alexnet_jax.training.run_dir import build_model, checkpoint_tree, empty_totals
+    from alexnet_jax.training.steps import create_train_state, empty_metrics
 
     state = jax.eval_shape(lambda: create_train_state(build_model(), 0, 0.01))
     tree = checkpoint_tree(state, empty_metrics(), empty_totals())

@@ -13,9 +13,9 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from .model import AlexNet, init_params
-from .parallel import batch_sharding, is_real, put_replicated, replicated
-from .preprocess import batch_spec, model_input
+from ..data.preprocess import batch_spec, model_input
+from ..model import AlexNet, init_params
+from ..runtime.parallel import batch_sharding, is_real, put_replicated, replicated
 
 
 class TrainState(train_state.TrainState):

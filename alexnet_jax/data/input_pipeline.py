@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from .fashion_mnist import Split
-from .parallel import (
+from ..runtime.parallel import (
     PAD,
     batch_sharding,
     global_array,
@@ -35,6 +34,7 @@ from .parallel import (
     padded_size,
     process_rows,
 )
+from .fashion_mnist import Split
 from .preprocess import IMAGE_SIZE, PIXEL_TO_FLOAT, resize_uint8_tf
 from .tf_import import import_quietly
 

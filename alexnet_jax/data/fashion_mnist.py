@@ -8,8 +8,6 @@ The TF-free source needs neither TensorFlow nor tfds, for machines that have nei
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import io
 import os
 import time
@@ -18,42 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .progress import duration
+from ..observe.progress import duration
+from .download import download
+from .release import (
+    FILES,
+    DataError,
+    find_idx_file,
+    missing_files,
+    read_idx,
+    where_to_put_files,
+)
 from .tf_import import import_quietly, quiet_requested
 
 # d2l's get_fashion_mnist_labels, in label order.
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
                "bag", "ankle boot")
 SPLITS = ("train", "test")
-FILES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
-# SHA-256 of the decompressed IDX files (the same whatever the gzip header).
-IDX_SHA256 = {
-    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-}
-# SHA-256 of the release's .gz files, which tfds registers for fashion_mnist 3.0.1.
-GZ_SHA256 = {
-    "train-images-idx3-ubyte.gz":
-        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte.gz":
-        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-}
-RELEASE_URL = "https://github.com/zalandoresearch/fashion-mnist"
-
-
-class DataError(RuntimeError):
-    """The data cannot be found, read or trusted; the message says how to fix it."""
-
-
 @dataclass(frozen=True)
 class Split:
     images: np.ndarray  # (N, 28, 28) uint8
@@ -67,29 +45,11 @@ class Split:
         return self if n is None else Split(self.images[:n], self.labels[:n])
 
 
-def where_to_put_files(folder: str | os.PathLike | None = None) -> str:
-    sums = "\n".join(f"  {sha}  {name}" for name, sha in GZ_SHA256.items())
-    place = f"in {folder}" if folder else "in one folder and pass it with --manual-dir"
-    place += " (or fetch them with `alexnet-jax download`)"
-    return (
-        f"Put the four Fashion-MNIST release files ({RELEASE_URL}) {place}. "
-        f"Their SHA-256 sums:\n{sums}"
-    )
-
-
-def missing_files(folder: str | os.PathLike) -> list[str]:
-    """The release files (NAME.gz, or NAME uncompressed) that `folder` lacks."""
-    return [f"{name}.gz" for name in IDX_SHA256
-            if not any((Path(folder) / n).is_file() for n in (f"{name}.gz", name))]
-
-
 def release_dir(manual_dir: str | os.PathLike | None) -> Path:
     """The folder with the four release files: `manual_dir`, checked at once and never with
     the network, or else the cache, downloaded on first use (download.py)."""
     if manual_dir is None:
-        from . import download
-
-        return download.download()
+        return download()
     if not Path(manual_dir).is_dir():
         raise DataError(f"data folder {manual_dir} does not exist. " + where_to_put_files())
     missing = missing_files(manual_dir)
@@ -97,35 +57,6 @@ def release_dir(manual_dir: str | os.PathLike | None) -> Path:
         raise DataError(f"{manual_dir} lacks {', '.join(missing)}. "
                         + where_to_put_files(manual_dir))
     return Path(manual_dir)
-
-
-def _find_idx_file(folder: Path, name: str) -> Path:
-    for candidate in (folder / f"{name}.gz", folder / name):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{name}(.gz) not found in {folder}. " + where_to_put_files(folder))
-
-
-def read_idx(path: Path, name: str) -> np.ndarray:
-    """Read one IDX file (gzip with any header, or raw) after checking its SHA-256."""
-    try:
-        raw = path.read_bytes()
-        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(
-            f"cannot read {path}: {err}. It is truncated or corrupted; "
-            + where_to_put_files(path.parent)
-        ) from err
-    got = hashlib.sha256(data).hexdigest()
-    want = IDX_SHA256[name]
-    if got != want:
-        raise DataError(
-            f"{path} is not the Fashion-MNIST file {name}: SHA-256 of its decompressed bytes is "
-            f"{got}, expected {want}. Replace it with the release file ({RELEASE_URL})."
-        )
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
@@ -136,7 +67,7 @@ def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
     arrays = {}
     for kind in ("images", "labels"):
         name = FILES[(split, kind)]
-        arrays[kind] = read_idx(_find_idx_file(folder, name), name)
+        arrays[kind] = read_idx(find_idx_file(folder, name), name)
     return Split(np.ascontiguousarray(arrays["images"]), arrays["labels"].astype(np.int32))
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .fashion_mnist import Split, load_split
-from .input_pipeline import epoch_order, num_batches
-from .progress import Progress
-from .run_dir import RunError, TrainConfig, read_points, write_atomic
-from .train import train_and_evaluate
-from .workdir_tools import start_from
+from ..data.fashion_mnist import Split, load_split
+from ..data.input_pipeline import epoch_order, num_batches
+from ..observe.progress import Progress
+from ..training.loop import train_and_evaluate
+from ..training.run_dir import RunError, TrainConfig, read_points, write_atomic
+from ..training.saved_state import start_from
 
 FRAMEWORKS = ("d2l (PyTorch)", "alexnet-jax")
 CURVES = ("train_loss", "train_acc", "test_acc")
@@ -42,7 +42,7 @@ class D2lLoader:
     def __iter__(self):
         import torch
 
-        from .d2l_reference import pillow_resize
+        from .reference import pillow_resize
 
         order = epoch_order(len(self.split), self.seed, self.epoch, self.shuffle)
         self.epoch += 1
@@ -68,7 +68,7 @@ def train_torch(args, seed: int, net, train: Split, test: Split, folder: Path, o
     """d2l's train_ch6 on `net`; its points and final weights saved in `folder`."""
     import torch
 
-    from .d2l_reference import train_ch6
+    from .reference import train_ch6
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,8 +87,8 @@ def run_seed(args, seed: int, train: Split, test: Split) -> dict[str, list]:
     """Both frameworks from d2l's init of `seed`; each framework's points (reused if done)."""
     import torch
 
-    from .d2l_reference import d2l_net
-    from .torch_compat import params_from_torch
+    from .reference import d2l_net
+    from .torch_weights import params_from_torch
 
     folder = Path(args.out) / f"seed{seed}"
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
@@ -163,7 +163,7 @@ def spread_summary(results: dict[int, dict[str, float]]) -> list[str]:
 def compare_command(args) -> None:
     import jax
 
-    from .plots import plot_runs
+    from ..observe.plots import plot_runs
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)  # this process exists for the comparison

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from .parallel import device_name
-from .progress import duration
+from ..observe.progress import duration
+from ..runtime.parallel import device_name
 from .run_dir import MetricsLog, RunError
 
 

@@ -14,8 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .fashion_mnist import DataError, missing_files, read_idx, where_to_put_files
-from .progress import Progress
+from ..observe.progress import Progress
+from .release import DataError, missing_files, read_idx, where_to_put_files
 
 BASE_URLS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -101,3 +101,7 @@ def _fetch(url: str, part: Path, out, timeout: float) -> None:
             progress.close()  # a bar cut short by a dropped connection ends its line
     if total and part.stat().st_size < total:
         raise Unavailable(f"connection dropped at {part.stat().st_size} of {total} bytes")
+
+
+def download_command(args) -> None:
+    print(f"the four Fashion-MNIST release files are in {download(args.dir)}, verified")

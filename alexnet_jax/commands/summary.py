@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model import (
+from ..model import (
     CONV_LAYERS,
     DENSE_LAYERS,
     IN_CHANNELS,
@@ -65,3 +65,7 @@ def format_summary(image_size: int = 224, num_classes: int = 10) -> str:
         f"a training step is about 3x: {3 * total_flops / 1e9:.2f} GFLOP per image)"
     )
     return "\n".join(lines)
+
+
+def summary_command(args) -> None:
+    print(format_summary(args.image_size))

@@ -18,13 +18,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoints, run_dir, workdir_lock
-from .fashion_mnist import load_split
-from .input_pipeline import make_pipeline
-from .parallel import check_batch_size, is_primary, make_mesh, put_replicated
-from .plots import plot_curves
-from .profiling import StepTracer
-from .progress import Progress
+from ..data.fashion_mnist import load_split
+from ..data.input_pipeline import make_pipeline
+from ..observe.plots import plot_curves
+from ..observe.profiling import StepTracer
+from ..observe.progress import Progress
+from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
+from . import checkpoints, run_dir
+from . import lock as workdir_lock
 from .report import closing_report, cpu_estimate, progress_line
 from .run_dir import RunError, TrainConfig
 from .steps import TrainState, compile_steps, create_train_state, empty_metrics, evaluate, jit_steps

@@ -21,15 +21,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .bench_table import markdown
-from .fast_malloc import loaded_allocator
-from .parallel import batch_sharding, make_mesh, put_replicated
-from .profiling import StepTracer
-from .progress import Progress
-from .run_dir import build_model, write_atomic
-from .steps import compile_steps, create_train_state, empty_metrics, jit_steps
+from ..observe.profiling import StepTracer
+from ..observe.progress import Progress
+from ..runtime.fast_malloc import loaded_allocator
+from ..runtime.parallel import batch_sharding, make_mesh, put_replicated
+from ..runtime.versions import package_versions
+from ..training.run_dir import build_model, write_atomic
+from ..training.steps import compile_steps, create_train_state, empty_metrics, jit_steps
+from .benchmark_table import markdown
 from .summary import forward_flops
-from .versions import package_versions
 
 # Dense peak TFLOP/s per chip by device_kind substring, (float32 without TF32, bfloat16): NVIDIA
 # datasheets (H100/H200 SXM, A100, V100 FP16, L4) and Google Cloud TPU system architecture
@@ -95,7 +95,7 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -
 def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
     import torch
 
-    from .d2l_reference import d2l_net, d2l_train_step
+    from ..d2l.reference import d2l_net, d2l_train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = d2l_net(seed=0).to(device)
@@ -131,7 +131,7 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
     images/s is over the whole epoch's wall time (data included); step_images_per_sec is
     d2l's examples/sec (the steps alone), from the same epoch.
     """
-    from .input_pipeline import make_pipeline
+    from ..data.input_pipeline import make_pipeline
 
     mesh = make_mesh()
     pipe = make_pipeline(pipeline, split, batch, True, 0, mesh)
@@ -220,7 +220,7 @@ def add_ratios(rows) -> None:
 def main(args) -> int:
     epoch_split = None
     if args.epoch_images is not None:
-        from .fashion_mnist import load_split
+        from ..data.fashion_mnist import load_split
 
         epoch_split = load_split("train", args.source, args.data_dir,
                                  args.manual_dir).head(args.epoch_images or None)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import CONV_LAYERS, DENSE_LAYERS, FEATURE_C, FEATURE_HW
+from ..model import CONV_LAYERS, DENSE_LAYERS, FEATURE_C, FEATURE_HW
 
 # Flax module name -> index of that layer in d2l's nn.Sequential.
 TORCH_INDEX = {

@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .conv import conv_general_dilated
-from .events import EventLog
-from .model import AlexNet
-from .parallel import is_primary
-from .pool import max_pool
+from ..kernels.conv import conv_general_dilated
+from ..kernels.pool import max_pool
+from ..model import AlexNet
+from ..observe.events import EventLog
+from ..runtime.parallel import is_primary
+from ..runtime.versions import package_versions
 from .steps import TrainState
-from .versions import package_versions
 
 # What a run writes into its work dir (besides train.lock).
 RECORDS = ("config.json", "metrics.jsonl", "curves.png", "tensorboard", "checkpoints",

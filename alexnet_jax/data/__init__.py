@@ -1,0 +1,4 @@
+"""Fashion-MNIST: release files, download, the tfds and IDX sources, preprocessing, pipelines.
+
+Imports runtime/ and observe/ only.
+"""

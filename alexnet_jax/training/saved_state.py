@@ -1,0 +1,55 @@
+"""A work dir's train state read back from its checkpoints, or written from given weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..runtime.parallel import make_mesh, put_replicated
+from . import checkpoints
+from .run_dir import (
+    RunError,
+    TrainConfig,
+    build_model,
+    checkpoint_tree,
+    empty_totals,
+    saved_config,
+    state_from_tree,
+    write_config,
+)
+from .steps import TrainState, create_train_state, empty_metrics
+
+
+def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
+    """The train state of a work dir's checkpoint (the latest when step is None)."""
+    config = saved_config(workdir)
+    model = build_model(config.dtype, config.num_classes)
+    state = put_replicated(create_train_state(model, config.seed, config.lr), make_mesh())
+    mngr = checkpoints.manager(workdir, read_only=True)
+    try:
+        if not mngr.all_steps():
+            raise RunError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
+        target = checkpoint_tree(state, empty_metrics(state), empty_totals())
+        found, tree = checkpoints.restore_latest(mngr, target, step=step)
+    finally:
+        mngr.close()
+    if tree is None:
+        raise RunError(f"no readable checkpoint in {checkpoints.checkpoint_dir(workdir)}")
+    return state_from_tree(state, tree), found
+
+
+def start_from(config: TrainConfig, params, source) -> None:
+    """A new work dir whose checkpoint at step 0 holds `params` (Flax numpy arrays, from
+    `source`): `train` on it starts from those weights instead of d2l's random init."""
+    workdir = Path(config.workdir)
+    if checkpoints.checkpoint_dir(workdir).exists() and any(
+            checkpoints.checkpoint_dir(workdir).iterdir()):
+        raise RunError(f"{workdir} already holds checkpoints; convert into a new work dir")
+    state = create_train_state(build_model(config.dtype, config.num_classes), config.seed,
+                               config.lr, params=params)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(workdir, config, only=("num_classes", "dtype"),
+                 extra={"converted_from": str(source)})
+    mngr = checkpoints.manager(workdir)
+    checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(state), empty_totals()))
+    mngr.wait_until_finished()
+    mngr.close()
