@@ -215,13 +215,25 @@ def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir, tmp_path):
     assert verbose.returncode == 0 and "WARNING:absl" in verbose.stderr
 
 
+@pytest.mark.slow
+def test_train_prints_no_log_noise(fashion_mnist_dir, tmp_path):
+    """`python -m alexnet_jax train` on the tfds source: only our lines, nothing on stderr
+    (TensorFlow is imported by tfds and by tensorboard's event writer: both quietly)."""
+    cmd = [sys.executable, "-m", "alexnet_jax", "train", "--workdir", str(tmp_path / "w"),
+           "--manual-dir", str(fashion_mnist_dir), "--source", "tfds", "--limit-train", "4",
+           "--limit-test", "4", "--batch-size", "4", "--epochs", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.splitlines()[-3].startswith("loss "), done.stdout
+
+
 def test_tensorflow_import_noise_is_dropped_and_the_rest_kept(capfd, monkeypatch):
     """The C++ INFO/WARNING lines TensorFlow writes to fd 2 at import (oneDNN's notice on
     AVX-512 CPUs, absl's banner) are dropped; an error line and Python's output are kept.
     Forced here with C-level writes, so it holds on CPUs that never print them."""
     import os
 
-    from alexnet_jax.data.tf_import import c_stderr_filtered
+    from alexnet_jax.runtime.tf_import import c_stderr_filtered
 
     noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
              "STDERR\nI0000 00:00:1796187609.000969    1933 port.cc:153] oneDNN custom "

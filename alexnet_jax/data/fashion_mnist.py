@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..observe.progress import duration
+from ..runtime.tf_import import import_quietly, quiet_requested
 from .download import download
 from .release import (
     FILES,
@@ -26,7 +27,6 @@ from .release import (
     read_idx,
     where_to_put_files,
 )
-from .tf_import import import_quietly, quiet_requested
 
 # d2l's get_fashion_mnist_labels, in label order.
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",

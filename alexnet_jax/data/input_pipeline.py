@@ -34,9 +34,9 @@ from ..runtime.parallel import (
     padded_size,
     process_rows,
 )
+from ..runtime.tf_import import import_quietly
 from .fashion_mnist import Split
 from .preprocess import IMAGE_SIZE, PIXEL_TO_FLOAT, resize_uint8_tf
-from .tf_import import import_quietly
 
 PIPELINES = ("device", "host")
 

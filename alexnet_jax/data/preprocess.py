@@ -84,7 +84,7 @@ def to_model_input(resized, xp=np):
 
 def resize_uint8_tf(images, size: int = IMAGE_SIZE):
     """Pillow's bilinear resize in TensorFlow int32 ops (the same taps as JAX), for tf.data."""
-    from .tf_import import import_quietly
+    from ..runtime.tf_import import import_quietly
 
     tf = import_quietly("tensorflow")
 

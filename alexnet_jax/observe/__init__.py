@@ -1,4 +1,4 @@
 """What a person watches: progress with an ETA, PNG plots, TensorBoard events, traces.
 
-Imports nothing of the package.
+Imports runtime/ only.
 """

@@ -4,13 +4,17 @@ The events are a view of metrics.jsonl, never a second record: at the start of a
 resumed) the folder is rewritten from the points metrics.jsonl keeps, then each new point is
 appended as it is logged. So a resumed run continues the same curves with no point twice and
 none missing. TensorBoard's own writer and protos (the `tensorboard` package) need no
-TensorFlow; `tensorboard --logdir runs` overlays every run's curves.
+TensorFlow (where it is installed they import it, and so it is imported quietly);
+`tensorboard --logdir runs` overlays every run's curves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
+
+from ..runtime.tf_import import import_quietly
 
 EVENTS_DIR = "tensorboard"
 # metrics.jsonl key -> TensorBoard tag
@@ -24,6 +28,8 @@ class EventLog:
     def __init__(self, workdir: Path, points: list[dict], lr: float):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+        with contextlib.suppress(ImportError):  # the writer imports TensorFlow where it is
+            import_quietly("tensorflow")
         folder = Path(workdir) / EVENTS_DIR
         for old in folder.glob("events.out.tfevents.*"):  # rebuilt from metrics.jsonl below
             old.unlink()
