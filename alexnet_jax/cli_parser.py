@@ -43,7 +43,8 @@ EXAMPLES = {
   alexnet-jax train --workdir runs/quick --epochs 3  # the same run, one epoch more""",
     "evaluate": """alexnet-jax evaluate --workdir runs/quick
   alexnet-jax evaluate --workdir runs/quick --step 32 --limit-test 1000""",
-    "predict": """alexnet-jax predict --workdir runs/quick --num 20 --out wrong_or_right.png""",
+    "predict": """alexnet-jax predict --workdir runs/quick --num 20 --out wrong_or_right.png
+  alexnet-jax predict --workdir runs/quick --num 10000 --csv preds.csv --wrong-first""",
     "convert": """alexnet-jax convert --from-torch d2l_alexnet.pt --workdir runs/from_d2l
   alexnet-jax convert --to-torch ours.pt --workdir runs/quick""",
     "plot": """alexnet-jax plot runs/lr0.01 runs/lr0.05 --out compare.png""",
@@ -131,8 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "predict", "a PNG grid of test images with true and predicted classes")
     p.add_argument("--workdir", required=True, help="the run's work dir")
     p.add_argument("--step", type=int, help="checkpoint step; unset: the latest")
-    p.add_argument("--num", type=positive(int), default=10, help="the first N test images")
-    p.add_argument("--out", default="predictions.png", help="the PNG to write")
+    p.add_argument("--num", type=positive(int), default=10,
+                   help="predict the first N test images (at most the 10,000 there are)")
+    p.add_argument("--out", default="predictions.png",
+                   help="the PNG to write: a grid of at most 100 of them")
+    p.add_argument("--wrong-first", action="store_true",
+                   help="the grid shows wrong predictions first")
+    p.add_argument("--csv", metavar="FILE.csv",
+                   help="write every prediction here (index,true,predicted) instead of the "
+                        "console")
     _add_data_args(p)
 
     c = command(sub, "convert", "PyTorch state_dict <-> checkpoint in a work dir")

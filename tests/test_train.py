@@ -154,6 +154,44 @@ def test_predict_writes_grid_and_text(trained, fashion_mnist_dir, tmp_path, caps
     assert "ankle boot ->" in text and "pullover ->" in text  # d2l's names of images 0 and 1
 
 
+@pytest.mark.slow
+def test_predict_clips_num_bounds_the_picture_and_writes_every_row_to_csv(
+        trained, fashion_mnist_dir, tmp_path, capsys, monkeypatch):
+    """A test set of 30 (the real first 30), --num 50: clipped with a note; the grid shows at
+    most MAX_SHOWN (8 here) images, wrong ones first when asked; the CSV has all 30 rows."""
+    from alexnet_jax.commands import evaluate as commands
+    from alexnet_jax.data.fashion_mnist import CLASS_NAMES
+    from alexnet_jax.observe import plots
+
+    real_load = commands.load_split
+    monkeypatch.setattr(commands, "load_split", lambda *a: real_load(*a).head(30))
+    monkeypatch.setattr(commands, "MAX_SHOWN", 8)
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_predictions",
+                        lambda images, titles, out, wrong: drawn.update(titles=titles,
+                                                                        wrong=list(wrong)))
+    csv = tmp_path / "preds.csv"
+    assert main(["predict", "--workdir", str(trained), "--num", "50", "--csv", str(csv),
+                 "--wrong-first", "--manual-dir", str(fashion_mnist_dir), "--source", "idx"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --num 50 is more than the 30 test images; predicting all 30" in out
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "index,true,predicted" and len(rows) == 31
+    assert rows[1].startswith("0,ankle boot,") and "->" not in out  # the CSV, not the console
+    wrong = [r.split(",")[1] != r.split(",")[2] for r in rows[1:]]
+    assert all(name in CLASS_NAMES for r in rows[1:] for name in r.split(",")[1:])
+    assert len(drawn["titles"]) == 8 and drawn["wrong"] == sorted(wrong, reverse=True)[:8]
+    assert f"{30 - sum(wrong)} of 30 right" in out
+
+
+def test_picture_shows_wrong_ones_first_in_their_order():
+    from alexnet_jax.commands.evaluate import shown_in_picture
+
+    wrong = np.array([False, True, False, True, True])
+    assert shown_in_picture(wrong, True, limit=4).tolist() == [1, 3, 4, 0]
+    assert shown_in_picture(wrong, False, limit=3).tolist() == [0, 1, 2]
+
+
 def test_wrong_predictions_are_titled_in_red(tmp_path):
     from alexnet_jax.observe.plots import plot_predictions
 

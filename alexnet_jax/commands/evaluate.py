@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -9,11 +11,12 @@ from ..data.fashion_mnist import CLASS_NAMES, load_split
 from ..data.input_pipeline import make_pipeline
 from ..data.preprocess import model_input
 from ..observe.progress import Progress
-from ..training.run_dir import saved_config
+from ..training.run_dir import saved_config, write_atomic
 from ..training.saved_state import load_state
 from ..training.steps import TrainState, evaluate
 
 PREDICT_BATCH = 128  # images per forward pass: bounds predict's memory whatever --num is
+MAX_SHOWN = 100  # images in predict's picture: 10 rows of 10 stay readable
 
 
 def evaluate_command(args) -> None:
@@ -40,16 +43,44 @@ def predict_classes(state: TrainState, images: np.ndarray, batch: int = PREDICT_
     return np.concatenate(classes)
 
 
+def shown_in_picture(wrong: np.ndarray, wrong_first: bool, limit: int):
+    """Indices of the images the grid shows: the first `limit`, or wrong ones first."""
+    order = np.arange(len(wrong))
+    if wrong_first:
+        order = np.concatenate([order[wrong], order[~wrong]])
+    return order[:limit]
+
+
+def write_csv(path: str | Path, labels, predicted) -> None:
+    """index,true,predicted (class names) for every predicted image, written atomically."""
+    rows = ["index,true,predicted"] + [f"{i},{CLASS_NAMES[t]},{CLASS_NAMES[p]}"
+                                       for i, (t, p) in enumerate(zip(labels, predicted))]
+    write_atomic(Path(path), "\n".join(rows) + "\n")
+
+
 def predict_command(args) -> None:
     from ..observe.plots import plot_predictions
 
     state, step = load_state(args.workdir, args.step)
-    split = load_split("test", args.source, args.data_dir, args.manual_dir).head(args.num)
+    split = load_split("test", args.source, args.data_dir, args.manual_dir)
+    if args.num > len(split):
+        print(f"note: --num {args.num} is more than the {len(split)} test images; "
+              f"predicting all {len(split)}")
+    split = split.head(args.num)
     predicted = predict_classes(state, split.images)
-    titles = [f"{CLASS_NAMES[t]}\n{CLASS_NAMES[p]}" for t, p in zip(split.labels, predicted)]
-    plot_predictions(split.images, titles, args.out, wrong=split.labels != predicted)
-    print(f"checkpoint step {step}; true -> predicted for the first {len(titles)} test images:")
-    for i, (t, p) in enumerate(zip(split.labels, predicted)):
-        mark = "" if t == p else "   (wrong)"
-        print(f"{i:4d}  {CLASS_NAMES[t]:>12} -> {CLASS_NAMES[p]}{mark}")
-    print(f"grid written to {args.out}")
+    wrong = split.labels != predicted
+    shown = shown_in_picture(wrong, args.wrong_first, MAX_SHOWN)
+    titles = [f"{CLASS_NAMES[split.labels[i]]}\n{CLASS_NAMES[predicted[i]]}" for i in shown]
+    plot_predictions(split.images[shown], titles, args.out, wrong=wrong[shown])
+    print(f"checkpoint step {step}: {int((~wrong).sum())} of {len(split)} right "
+          f"({1 - wrong.mean():.4f})")
+    if args.csv:
+        write_csv(args.csv, split.labels, predicted)
+        print(f"every prediction written to {args.csv}")
+    else:
+        print("true -> predicted:")
+        for i, (t, p) in enumerate(zip(split.labels, predicted)):
+            mark = "" if t == p else "   (wrong)"
+            print(f"{i:4d}  {CLASS_NAMES[t]:>12} -> {CLASS_NAMES[p]}{mark}")
+    which = "wrong ones first" if args.wrong_first else "the first ones"
+    print(f"grid of {len(shown)} images ({which}) written to {args.out}")
