@@ -18,7 +18,14 @@ JAX_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 12,$(CUDA_MAJOR)),cuda12,cuda13),)
 
 BIN := $(VENV)/bin
 
-.PHONY: train test test-fast
+# A second Python, checked without PyTorch (its CPU wheel is on hand for one Python only):
+# make check-python PYTHON=python3.13 VENV=.venv-3.13
+CHECK_RUN ?= runs/check-python
+NO_TORCH := --ignore=tests/test_equivalence.py --ignore=tests/test_loop_equivalence.py \
+	--ignore=tests/test_train.py -k "not torch"
+DATA_ARG := $(if $(FASHION_MNIST_DIR),--manual-dir $(FASHION_MNIST_DIR))
+
+.PHONY: train test test-fast check-python
 
 train: $(VENV)/.installed-train
 	$(BIN)/alexnet-jax train $(ARGS)
@@ -29,6 +36,14 @@ test: $(VENV)/.installed-test
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST)
+
+check-python: $(VENV)/.installed-base
+	$(BIN)/python --version
+	rm -rf $(CHECK_RUN)
+	$(BIN)/alexnet-jax train --workdir $(CHECK_RUN) --limit-train 32 --limit-test 32 \
+		--batch-size 8 --epochs 1 $(DATA_ARG)
+	$(BIN)/alexnet-jax evaluate --workdir $(CHECK_RUN) $(DATA_ARG)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(NO_TORCH) $(PYTEST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,4 +56,8 @@ $(VENV)/.installed-train: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test-base]"
 	touch $@

@@ -54,6 +54,19 @@ def quiet_logs() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def stop_if_a_process_is_gone(err: Exception) -> None:
+    """Exit at once, with one line, when a peer of a multi-process run died: jax.distributed's
+    shutdown would wait for it at exit (about a minute) and then abort with a C++ trace."""
+    from .runtime.parallel import lost_process
+
+    line = lost_process(err)
+    if line is not None:
+        print(f"alexnet-jax: error: {line}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
@@ -66,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # one clear line; the traceback only when asked
         if args.debug:
             raise
+        if args.command == "train":
+            stop_if_a_process_is_gone(err)
         code = getattr(err, "exit_code", 1)  # 128 + N when stopped by signal N, on purpose
         print(f"alexnet-jax: {'' if code > 128 else 'error: '}{err}", file=sys.stderr)
         return code

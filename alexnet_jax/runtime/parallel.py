@@ -43,6 +43,23 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
                                process_id=process_id)
 
 
+# What a collective or the coordination service says when a peer process has gone away.
+PEER_GONE = ("gloo", "connection closed by peer", "connection reset by peer", "broken pipe",
+             "heartbeat", "unavailable", "deadline_exceeded", "socket closed")
+
+
+def lost_process(err: BaseException) -> str | None:
+    """In a multi-process run, the one line to say when `err` means another process is
+    gone (a host died or was killed); None otherwise."""
+    if not jax.distributed.is_initialized() or not any(
+            s in str(err).lower() for s in PEER_GONE):
+        return None
+    n = jax.process_count()
+    return (f"another process of this {n}-process run is gone (process {jax.process_index()} "
+            f"saw: {str(err).splitlines()[0][:160]}). Run the same command again on all {n} "
+            "processes: the run resumes from its last checkpoint.")
+
+
 def make_mesh() -> Mesh:
     """A 1-D mesh over all devices, in JAX's order (devices of one process are adjacent)."""
     return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
