@@ -22,7 +22,7 @@ BIN := $(VENV)/bin
 # make check-python PYTHON=python3.13 VENV=.venv-3.13
 CHECK_RUN ?= runs/check-python
 NO_TORCH := --ignore=tests/test_equivalence.py --ignore=tests/test_loop_equivalence.py \
-	--ignore=tests/test_train.py -k "not torch"
+	--ignore=tests/test_train.py
 DATA_ARG := $(if $(FASHION_MNIST_DIR),--manual-dir $(FASHION_MNIST_DIR))
 
 .PHONY: train test test-fast check-python
@@ -43,7 +43,8 @@ check-python: $(VENV)/.installed-base
 	$(BIN)/alexnet-jax train --workdir $(CHECK_RUN) --limit-train 32 --limit-test 32 \
 		--batch-size 8 --epochs 1 $(DATA_ARG)
 	$(BIN)/alexnet-jax evaluate --workdir $(CHECK_RUN) $(DATA_ARG)
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(NO_TORCH) $(PYTEST)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow and not torch" $(NO_TORCH) \
+		$(PYTEST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -94,7 +94,7 @@ def train_split(fashion_mnist_dir):
 
 def d2l_images(split, start: int, n: int) -> np.ndarray:
     """d2l's preprocessing (Resize(224) + ToTensor) of n test images, NHWC float32."""
-    from alexnet_jax.d2l.reference import pillow_resize
+    from alexnet_jax.d2l.pillow import pillow_resize
 
     return (pillow_resize(split.images[start:start + n]).astype(np.float32) / 255.0)[..., None]
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.d2l.reference import pillow_resize
+from alexnet_jax.d2l.pillow import pillow_resize
 from alexnet_jax.data.fashion_mnist import (
     Split,
     load_idx_split,

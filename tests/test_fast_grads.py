@@ -107,6 +107,7 @@ def test_winograd_float32_error_on_real_activations(name, trunk_inputs, report):
         assert err < 1e-5, (what, err, xla_err)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("shape", [(2, 54, 54, 96), (2, 26, 26, 256), (2, 12, 12, 256)])
 def test_max_pool_grad_equals_xla_and_torch(shape, report):
     """Random inputs (no ties): equal to XLA's gradient. Coarsely rounded inputs (many ties

@@ -203,6 +203,18 @@ def test_cli_parser_never_tracebacks(argv):
             assert "usage:" in stderr.getvalue()
 
 
+def test_convert_without_pytorch_says_to_install_it(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; from alexnet_jax.cli import main; "
+            f"sys.exit(main(['convert', '--from-torch', 'x.pt', '--workdir', {str(tmp_path)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith(
+        "alexnet-jax: error: convert reads and writes PyTorch files, and PyTorch is not "
+        "installed"), done.stderr
+    assert "pip install torch" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.torch
 def test_convert_rejects_a_file_that_is_not_a_state_dict(tmp_path, capsys):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(os.urandom(1000))
@@ -211,6 +223,7 @@ def test_convert_rejects_a_file_that_is_not_a_state_dict(tmp_path, capsys):
     assert "is not a PyTorch state dict" in err and "Traceback" not in err
 
 
+@pytest.mark.torch
 def test_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     import torch
 
@@ -395,6 +408,7 @@ def _bad_state_dicts():
     yield "strings", {k: "x" for k in base}, "0.weight is a str, not a tensor"
 
 
+@pytest.mark.torch
 def test_convert_refuses_weights_that_cannot_work(tmp_path, capsys):
     import torch
 

@@ -14,16 +14,17 @@ from ..training.saved_state import load_state, start_from
 def convert_command(args) -> None:
     from ..d2l.torch_weights import params_from_torch, params_to_torch
 
-    if args.to_torch:
+    try:
         import torch
-
+    except ImportError as err:
+        raise RunError(f"convert reads and writes PyTorch files, and PyTorch is not installed "
+                       f"({err}): pip install torch") from err
+    if args.to_torch:
         state, step = load_state(args.workdir, args.step)
         torch.save(params_to_torch(jax.device_get(state.params)), args.to_torch)
         print(f"wrote the checkpoint at step {step} of {args.workdir} to {args.to_torch}; "
               "load it with net.load_state_dict(torch.load(FILE))")
         return
-    import torch
-
     source = Path(args.from_torch)
     if not source.is_file():
         raise RunError(f"{source} does not exist")

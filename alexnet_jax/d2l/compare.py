@@ -42,7 +42,7 @@ class D2lLoader:
     def __iter__(self):
         import torch
 
-        from .reference import pillow_resize
+        from .pillow import pillow_resize
 
         order = epoch_order(len(self.split), self.seed, self.epoch, self.shuffle)
         self.epoch += 1

@@ -6,17 +6,8 @@ package).
 
 import time
 
-import numpy as np
 import torch
 from torch import nn
-
-
-def pillow_resize(images: np.ndarray, size: int = 224) -> np.ndarray:
-    """torchvision's Resize(size) on uint8 PIL images: Pillow's bilinear resample, uint8."""
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
-                     for im in images])
 
 
 def d2l_alexnet() -> nn.Sequential:
