@@ -67,6 +67,6 @@ def test_cpu_estimate_names_this_run_d2ls_run_and_a_quick_run():
     line = cpu_estimate(2.2, 128, 4690, 4690)
     assert "the 4690 steps left take about 2 h 51 min" in line and "roughly" not in line
     assert "roughly" not in cpu_estimate(2.2, 128, 4000, 4690)  # d2l's run, resumed
-    assert "alexnet-jax train --limit-train 512" in line
+    assert "alexnet-jax train --limit-train 2048" in line
     small = cpu_estimate(0.1, 4, 6, 6)
     assert "d2l's full run would take roughly 4 h 10 min here" in small  # 0.1 s / 4 images

@@ -33,8 +33,10 @@ def closing_report(log: MetricsLog, totals: dict, out=print) -> dict:
 
 
 D2L_STEPS, D2L_BATCH = 10 * 469, 128  # d2l's full run: 10 epochs of 469 batches of 128
-QUICK_RUN = ("alexnet-jax train --limit-train 512 --limit-test 256 --epochs 2 --batch-size 32 "
-             "--workdir runs/quick")
+# Learns in a few minutes on 2 CPU cores (lr 0.05: d2l's 0.01 leaves loss 2.30 only after a
+# few hundred steps); measured in benchmarks/NOTES.md.
+QUICK_RUN = ("alexnet-jax train --limit-train 2048 --limit-test 256 --epochs 2 --batch-size 32 "
+             "--lr 0.05 --workdir runs/quick")
 
 
 def cpu_estimate(step_seconds: float, batch_size: int, steps_left: int, total_steps: int) -> str:
