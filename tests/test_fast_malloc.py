@@ -41,3 +41,23 @@ def test_reexecutes_once_under_tcmalloc_with_the_same_arguments():
     out, starts = run_child()
     assert out == "tcmalloc tcmalloc ['a b', '--flag']"
     assert starts == 2  # the first start re-executed itself, the second did not
+
+
+def test_a_cpu_run_without_tcmalloc_says_once_what_it_costs(monkeypatch, tmp_path, capsys,
+                                                          fashion_mnist_dir):
+    """No tcmalloc installed, glibc's malloc loaded: train prints the note once, with the
+    measured cost and the package to install; not where glibc's was asked for."""
+    from alexnet_jax.cli import main
+    from alexnet_jax.runtime import fast_malloc
+
+    monkeypatch.setattr(fast_malloc, "find_tcmalloc", lambda: None)
+    monkeypatch.setattr(fast_malloc, "loaded_allocator", lambda maps=None: "system")
+    assert "apt-get install libtcmalloc-minimal4" in fast_malloc.allocator_note("cpu")
+    assert fast_malloc.allocator_note("gpu") is None
+    assert main(["train", "--workdir", str(tmp_path / "w"), "--manual-dir",
+                 str(fashion_mnist_dir), "--source", "idx", "--limit-train", "4",
+                 "--limit-test", "4", "--batch-size", "4", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: tcmalloc is not installed") == 1 and "46.5 images/s" in out
+    monkeypatch.setenv(ENV, "system")
+    assert fast_malloc.allocator_note("cpu") is None

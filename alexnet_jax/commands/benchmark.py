@@ -23,7 +23,7 @@ import numpy as np
 
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
-from ..runtime.fast_malloc import loaded_allocator
+from ..runtime.fast_malloc import allocator_note, loaded_allocator
 from ..runtime.parallel import batch_sharding, make_mesh, put_replicated
 from ..runtime.versions import package_versions
 from ..training.run_dir import build_model, write_atomic
@@ -218,6 +218,9 @@ def add_ratios(rows) -> None:
 
 
 def main(args) -> int:
+    note = allocator_note(jax.default_backend())
+    if note:
+        print(note)
     epoch_split = None
     if args.epoch_images is not None:
         from ..data.fashion_mnist import load_split

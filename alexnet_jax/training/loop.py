@@ -26,7 +26,7 @@ from ..observe.progress import Progress
 from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from . import checkpoints, run_dir
 from . import lock as workdir_lock
-from .report import closing_report, cpu_estimate, progress_line
+from .report import closing_report, compiled_lines, cpu_estimate, progress_line
 from .run_dir import RunError, TrainConfig
 from .steps import TrainState, compile_steps, create_train_state, empty_metrics, evaluate, jit_steps
 from .stops import Interrupted, SignalFlag
@@ -136,7 +136,8 @@ def train_epochs(run: Run, state, epoch_metrics):
         return state, closing_report(run.log, run.totals, run.out)
     run.train_step, seconds = compile_steps(jit_steps(run.train_pipe.mesh), state, epoch_metrics,
                                             run.train_pipe)
-    run.out(f"compiled the train step in {seconds:.1f} s (not counted in examples/sec)")
+    for line in compiled_lines(seconds, jax.default_backend()):
+        run.out(line)
     if not (sys.stderr.isatty() and is_primary()):
         run.progress = Progress("train", run.total_steps, start_step, run.out, tty=False)
     run.estimate_at = start_step + ESTIMATE_AFTER

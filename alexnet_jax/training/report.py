@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from ..observe.progress import duration
+from ..runtime.fast_malloc import allocator_note
 from ..runtime.parallel import device_name
 from .run_dir import MetricsLog, RunError
 
@@ -30,6 +31,14 @@ def closing_report(log: MetricsLog, totals: dict, out=print) -> dict:
         out(f"{speed / jax.device_count():.1f} examples/sec per device")
     out(f"wall time {last['wall_seconds']:.1f} s")
     return {**last, "examples_per_sec": speed}
+
+
+
+def compiled_lines(seconds: float, backend: str) -> list[str]:
+    """What train says once its step is compiled: the time, and what a missing tcmalloc costs."""
+    note = allocator_note(backend)
+    return [f"compiled the train step in {seconds:.1f} s (not counted in examples/sec)",
+            *([note] if note else [])]
 
 
 D2L_STEPS, D2L_BATCH = 10 * 469, 128  # d2l's full run: 10 epochs of 469 batches of 128
