@@ -1,9 +1,14 @@
-"""Max-pooling (VALID, square windows) whose gradient on CPU is 9 masked, strided adds.
+"""Max-pooling (VALID, square windows) that on CPU records each window's winner for its
+gradient.
 
-Why: XLA's CPU backend runs the max-pool gradient (select-and-scatter) slowly, a sizeable part
-of the CPU train step (benchmarks/NOTES.md). On CPU the gradient is built from one
-comparison per window tap instead; each output's gradient goes to the first maximum of its
-window in row-major order, as in PyTorch's max_pool2d. Other backends keep XLA's gradient.
+Why: XLA's CPU max-pool gradient (select-and-scatter) and the gradient by comparing every
+window tap with the maximum both read and write the full-size input many times over: 13%
+of the CPU train step at batch 128 (benchmarks/NOTES.md). On CPU the forward pass walks the
+window's taps once, keeping the maximum and the (int8) index of the tap that gave it: the
+first maximum in row-major order, as PyTorch's max_pool2d, and a NaN wins as there. The
+gradient is then one pass that writes each input position once: positions of the same
+residue modulo the stride form a grid that only a few taps reach, each a shifted copy of
+the output gradient masked by the winner index. Other backends keep XLA's ops.
 """
 
 from __future__ import annotations
@@ -30,47 +35,89 @@ def _xla_max_pool(x, window, stride):
                              (1, stride, stride, 1), "VALID")
 
 
+def _winner_dtype(window):
+    return jnp.int8 if window * window <= 127 else jnp.int32
+
+
+def max_and_winner(x, window, stride):
+    """(the max-pool of x, the row-major index of the tap that holds each window's maximum):
+    the first maximum, or the last NaN where the window holds one (PyTorch's rule)."""
+    _, h, w, _ = x.shape
+    ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
+    best = winner = None
+    for i in range(window):
+        for j in range(window):
+            tap = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            if best is None:
+                best, winner = tap, jnp.zeros(tap.shape, _winner_dtype(window))
+                continue
+            better = (tap > best) | jnp.isnan(tap)
+            best = jnp.where(better, tap, best)
+            winner = jnp.where(better, jnp.asarray(i * window + j, winner.dtype), winner)
+    return best, winner
+
+
+def winner_grad(winner, g, *, input_shape, window, stride):
+    """dL/dx of a max-pool from its winner indices: input row stride*q + d (and likewise for
+    columns) is reached by the taps d, d + stride, ... of outputs q, q - 1, ...; each of the
+    stride x stride residue grids is summed from those shifted, masked copies of g, and the
+    grids are interleaved into x's shape in one write."""
+    _, h, w, c = input_shape
+    b, ho, wo, _ = g.shape
+    qh, qw = -(-h // stride), -(-w // stride)
+    zero = jnp.zeros((), g.dtype)
+    grid_rows = []
+    for dh in range(stride):
+        grids = []
+        for dw in range(stride):
+            grid = jnp.zeros((b, qh, qw, c), g.dtype)
+            for i in range(dh, window, stride):
+                for j in range(dw, window, stride):
+                    kh, kw = i // stride, j // stride
+                    sent = jnp.where(winner == i * window + j, g, zero)
+                    grid = grid + lax.pad(sent, zero, ((0, 0, 0), (kh, qh - ho - kh, 0),
+                                                       (kw, qw - wo - kw, 0), (0, 0, 0)))
+            grids.append(grid)
+        grid_rows.append(jnp.stack(grids, axis=3))  # (b, qh, qw, dw, c)
+    dx = jnp.stack(grid_rows, axis=2).reshape(b, qh * stride, qw * stride, c)
+    return dx[:, :h, :w]
+
+
+def _cpu_or_xla(x, window, stride):
+    """(max-pool, winner indices) on CPU; elsewhere XLA's max-pool and unused zeros, which
+    XLA drops (one platform is compiled for)."""
+    def xla(x):
+        y = _xla_max_pool(x, window, stride)
+        return y, jnp.zeros(y.shape, _winner_dtype(window))
+
+    def cpu(x):
+        return max_and_winner(x, window, stride)
+
+    return lax.platform_dependent(x, cpu=cpu, default=xla)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool(x, window, stride):
-    return _xla_max_pool(x, window, stride)
+    return _cpu_or_xla(x, window, stride)[0]
 
 
 def _max_pool_fwd(x, window, stride):
-    y = _xla_max_pool(x, window, stride)
-    return y, (x, y)
+    y, winner = _cpu_or_xla(x, window, stride)
+    return y, (x, winner)
 
 
 def _max_pool_bwd(window, stride, residuals, g):
-    x, y = residuals
+    x, winner = residuals
 
-    def xla_grad(x, g):
+    def xla_grad(x, winner, g):
         return jax.vjp(lambda x: _xla_max_pool(x, window, stride), x)[1](g)[0]
 
-    def masked_adds(x, g):
-        return first_max_grad(x, g, y=y, window=window, stride=stride).astype(x.dtype)
+    def from_winners(x, winner, g):
+        return winner_grad(winner, g, input_shape=x.shape, window=window,
+                           stride=stride).astype(x.dtype)
 
-    dx = lax.platform_dependent(x, g, cpu=masked_adds, default=xla_grad)
+    dx = lax.platform_dependent(x, winner, g, cpu=from_winners, default=xla_grad)
     return (dx,)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def first_max_grad(x, g, *, y, window, stride):
-    """dL/dx of a max-pool: for each window tap (i, j) in row-major order, the outputs whose
-    maximum sits at that tap (and at no earlier one) send their gradient there."""
-    _, h, w, _ = x.shape
-    _, ho, wo, _ = y.shape
-    dx = jnp.zeros_like(x)
-    taken = jnp.zeros(y.shape, bool)
-    zero = jnp.zeros((), g.dtype)
-    for i in range(window):
-        for j in range(window):
-            tap = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            hit = (tap == y) & ~taken
-            taken = taken | hit
-            # Back to input positions i + stride * o: interior padding spreads the outputs.
-            dx = dx + lax.pad(jnp.where(hit, g, zero), zero,
-                              ((0, 0, 0), (i, h - i - stride * (ho - 1) - 1, stride - 1),
-                               (j, w - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
-    return dx
