@@ -76,11 +76,23 @@ def _conv(x, w, strides, padding, precision):
 
 
 def _conv_fwd(x, w, strides, padding, precision):
-    return _conv(x, w, strides, padding, precision), (x, w)
+    m = winograd_tile(x, w, strides)
+    if m is None:
+        return _xla_conv(x, w, strides, padding, precision), (x, w, None, None)
+
+    def xla(x, w):  # with zeros where Winograd's V and U go: unused, and dropped by XLA
+        shapes = jax.eval_shape(lambda x, w: winograd.conv_and_transforms(x, w, padding, m), x, w)
+        return (_xla_conv(x, w, strides, padding, precision),
+                *(jnp.zeros(s.shape, s.dtype) for s in shapes[1:]))
+
+    y, v, u = lax.platform_dependent(
+        x, w, cpu=lambda x, w: winograd.conv_and_transforms(x, w, padding, m, precision),
+        default=xla)
+    return y, (x, w, v, u)
 
 
 def _conv_bwd(strides, padding, precision, residuals, g):
-    x, w = residuals
+    x, w, v, u = residuals
     _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision), x, w)
     m = winograd_tile(x, w, strides)
     if m is None:
@@ -89,17 +101,15 @@ def _conv_bwd(strides, padding, precision, residuals, g):
         def cpu_dw(x, g):
             return kernel_grad_matmuls(x, g, kernel=w.shape, strides=strides,
                                        padding=padding, precision=precision).astype(w.dtype)
-    else:
-        dx = lax.platform_dependent(
-            g, w, cpu=lambda g, w: winograd.input_grad(g, w, padding, m, precision),
-            default=lambda g, w: vjp(g)[0])
 
-        def cpu_dw(x, g):
-            return winograd.kernel_grad(x, g, padding, w.shape[0], m,
-                                        precision).astype(w.dtype)
+        dw = lax.platform_dependent(x, g, cpu=cpu_dw, default=lambda x, g: vjp(g)[1])
+        return dx, dw
 
-    dw = lax.platform_dependent(x, g, cpu=cpu_dw, default=lambda x, g: vjp(g)[1])
-    return dx, dw
+    def cpu(g, v, u):
+        dx, dw = winograd.conv_grads(g, v, u, x.shape, padding, w.shape[0], m, precision)
+        return dx.astype(x.dtype), dw.astype(w.dtype)
+
+    return lax.platform_dependent(g, v, u, cpu=cpu, default=lambda g, v, u: vjp(g))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -93,6 +93,11 @@ def _untile(at: np.ndarray, prod):
 
 def conv(x, w, padding, m: int, precision=None):
     """Stride-1 NHWC/HWIO convolution (XLA's cross-correlation) by F(m x m, r x r)."""
+    return conv_and_transforms(x, w, padding, m, precision)[0]
+
+
+def conv_and_transforms(x, w, padding, m: int, precision=None):
+    """`conv`, and the transformed input and kernel that `conv_grads` takes: (y, V, U)."""
     r = w.shape[0]
     a = m + r - 1
     at, gm, bt = matrices(m, r)
@@ -106,7 +111,50 @@ def conv(x, w, padding, m: int, precision=None):
     prod = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=precision)
     y = _untile(at, prod.reshape(a, a, b, th, tw, -1))  # (col v, row u, b, th, tw, c)
     y = y.transpose(2, 3, 1, 4, 0, 5).reshape(b, th * m, tw * m, -1)
-    return y[:, :oh, :ow]
+    return y[:, :oh, :ow], v, u
+
+
+def conv_grads(g, v, u, x_shape, padding, r: int, m: int, precision=None):
+    """(dL/dx, dL/dw) of `conv` from g = dL/dy and the forward pass's V and U: the gradient
+    of Winograd's own three stages. Z = A g A^T (m x m tiles of g, non-overlapping) is shared:
+    dL/dU = V^T Z and dL/dV = Z U^T are the matmuls, dw = G^T dU G, and each tile's
+    B dV B^T is added into the (overlapping) input window it came from. Against the
+    gradients as two more convolutions, neither g nor x is transformed a second time."""
+    a = m + r - 1
+    at, gm, bt = matrices(m, r)
+    (p0, _), (q0, _) = padding
+    b, h, wd, c_in = x_shape
+    _, oh, ow, c_out = g.shape
+    th, tw = -(-oh // m), -(-ow // m)
+    gp = jnp.pad(g, ((0, 0), (0, th * m - oh), (0, tw * m - ow), (0, 0)))
+    z = _tiles(gp, at.T, m, (th, tw))  # (a*a, tiles, c_out)
+    out_type = jnp.promote_types(g.dtype, jnp.float32)
+    du = lax.dot_general(v, z, (((1,), (1,)), ((0,), (0,))), precision=precision,
+                         preferred_element_type=out_type)
+    dw = _untile(gm.T, du.reshape(a, a, c_in, c_out)).transpose(1, 0, 2, 3)
+    dv = lax.dot_general(z, u, (((2,), (2,)), ((0,), (0,))), precision=precision)
+    dd = _untile(bt.T, dv.reshape(a, a, b, th, tw, c_in))  # (col, row, b, th, tw, c_in)
+    dxp = _overlap_add(dd, m)
+    return dxp[:, p0:p0 + h, q0:q0 + wd], dw
+
+
+def _overlap_add(dd, m: int):
+    """Sum each a x a tile (dd: (col, row, b, th, tw, c), tiles m apart, a <= 2m) into the
+    window it covers: (b, (th + 1) * m, (tw + 1) * m, c). Stacked by row, so materialised
+    (fused into a consumer that reads it several times, it would be recomputed each time)."""
+    a, _, b, th, tw, c = dd.shape
+    dd = jnp.pad(dd, ((0, 2 * m - a), (0, 2 * m - a)) + ((0, 0),) * 4)
+    halves = dd.reshape(2, m, 2, m, b, th, tw, c)  # (col half, col, row half, row, ...)
+    rows = []
+    for row in range(m):
+        total = 0
+        for sh in range(2):
+            for sw in range(2):
+                part = halves[sw, :, sh, row].transpose(1, 2, 3, 0, 4)  # (b, th, tw, col, c)
+                total = total + jnp.pad(part, ((0, 0), (sh, 1 - sh), (sw, 1 - sw), (0, 0),
+                                               (0, 0)))
+        rows.append(total)
+    return jnp.stack(rows, axis=2).reshape(b, (th + 1) * m, (tw + 1) * m, c)
 
 
 def input_grad(g, w, padding, m: int, precision=None):
