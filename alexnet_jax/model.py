@@ -111,9 +111,11 @@ class AlexNet(nn.Module):
                 param_dtype=self.param_dtype,
                 name=name,
             )(x)
-            x = nn.relu(x)
+            # d2l's ReLU then MaxPool2d, run as max-pool then ReLU: the two commute (values
+            # and gradients, ties included), and the ReLU then touches a quarter of the values.
             if pool:
                 x = self.pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
+            x = nn.relu(x)
             in_c = features
         x = x.reshape((x.shape[0], -1))  # H, W, C order; torch_compat permutes fc1 for torch
         in_f = x.shape[-1]
