@@ -144,6 +144,25 @@ def test_max_pool_grad_equals_xla_and_torch(shape, report):
     assert err < 1e-15
 
 
+@pytest.mark.torch
+def test_max_pool_nan_wins_as_in_torch():
+    """A NaN in a window is its maximum and takes its gradient, as in PyTorch's max_pool2d
+    (the last NaN of the window where it holds several); the other windows are unchanged."""
+    import torch
+
+    x = np.array(jax.random.normal(jax.random.key(3), (2, 13, 13, 4)))
+    x[0, 1, 1, 0] = x[1, 5, 6, 2] = x[1, 6, 6, 2] = np.nan  # one window with two NaNs
+    g = np.array(jax.random.normal(jax.random.key(4), (2, 6, 6, 4)))
+    y, vjp = jax.vjp(lambda x: max_pool(x, (3, 3), (2, 2)), jnp.asarray(x))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    yt = torch.nn.functional.max_pool2d(xt, 3, 2)
+    yt.backward(torch.from_numpy(g).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
+    assert np.isnan(np.asarray(y)).sum() == 5  # 1 window over (1, 1), 4 over the pair
+    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]),
+                                  xt.grad.permute(0, 2, 3, 1).numpy())
+
+
 def test_bfloat16_grads_run_and_match_xla():
     """Mixed precision (--dtype bfloat16): both CPU gradients keep the operands' dtype."""
     kx, kw = jax.random.split(jax.random.key(7))

@@ -50,15 +50,36 @@ def pillow_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     return index, weight
 
 
-def _taps_pass_jax(images, axis: int, out_size: int):
-    import jax.numpy as jnp
+# A pass's integer weights (< 2**23) split in two halves of SPLIT_BITS: each product with a
+# pixel and each sum of a few is below 2**24, so float32 matmuls compute them exactly.
+SPLIT_BITS = 11
 
-    index, weight = pillow_taps(images.shape[axis], out_size)
-    total = 0
-    for t in range(index.shape[1]):  # 2-3 shifted taps: elementwise int32, any backend
-        taps = jnp.take(images, index[:, t], axis=axis)
-        w = weight[:, t] if axis == -1 else weight[:, t, None]
-        total = total + taps * w
+
+@functools.cache
+def pass_matrices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's taps as an (in_size, out_size) matrix, split: (high, low) float32 halves with
+    weight = high * 2**SPLIT_BITS + low."""
+    index, weight = pillow_taps(in_size, out_size)
+    full = np.zeros((in_size, out_size), np.int64)
+    for t in range(index.shape[1]):
+        np.add.at(full, (index[:, t], np.arange(out_size)), weight[:, t])
+    high, low = np.divmod(full, 1 << SPLIT_BITS)
+    return high.astype(np.float32), low.astype(np.float32)
+
+
+def _taps_pass_jax(pixels, axis: int, out_size: int):
+    """One of Pillow's passes on (B, H, W) pixels along `axis` (-1 or -2), exactly: two
+    float32 matmuls at full precision (a gather was recomputed for each of the first
+    convolution's reads inside the train step; a matmul's result is kept), summed in int32."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    high, low = pass_matrices(pixels.shape[axis], out_size)
+    spec = "bhw,wo->bho" if axis == -1 else "bhw,ho->bow"
+    x = pixels.astype(jnp.float32)
+    sums = [jnp.einsum(spec, x, m, precision=lax.Precision.HIGHEST).astype(jnp.int32)
+            for m in (high, low)]
+    total = (sums[0] << SPLIT_BITS) + sums[1]
     return jnp.clip((total + _HALF) >> PRECISION_BITS, 0, 255)
 
 
@@ -66,8 +87,7 @@ def resize_uint8_jax(images, size: int = IMAGE_SIZE):
     """Pillow's bilinear resize in int32 JAX ops, for use inside jit; returns uint8."""
     import jax.numpy as jnp
 
-    x = jnp.asarray(images).astype(jnp.int32)
-    x = _taps_pass_jax(x, -1, size)  # width first, as Pillow
+    x = _taps_pass_jax(jnp.asarray(images), -1, size)  # width first, as Pillow
     x = _taps_pass_jax(x, -2, size)
     return x.astype(jnp.uint8)
 

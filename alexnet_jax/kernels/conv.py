@@ -78,21 +78,20 @@ def _conv(x, w, strides, padding, precision):
 def _conv_fwd(x, w, strides, padding, precision):
     m = winograd_tile(x, w, strides)
     if m is None:
-        return _xla_conv(x, w, strides, padding, precision), (x, w, None, None)
+        return _xla_conv(x, w, strides, padding, precision), (x, w, None)
 
-    def xla(x, w):  # with zeros where Winograd's V and U go: unused, and dropped by XLA
-        shapes = jax.eval_shape(lambda x, w: winograd.conv_and_transforms(x, w, padding, m), x, w)
-        return (_xla_conv(x, w, strides, padding, precision),
-                *(jnp.zeros(s.shape, s.dtype) for s in shapes[1:]))
+    def xla(x, w):  # with zeros where Winograd's V goes: unused, and dropped by XLA
+        v = jax.eval_shape(lambda x, w: winograd.conv_and_transforms(x, w, padding, m), x, w)[1]
+        return _xla_conv(x, w, strides, padding, precision), jnp.zeros(v.shape, v.dtype)
 
-    y, v, u = lax.platform_dependent(
+    y, v = lax.platform_dependent(
         x, w, cpu=lambda x, w: winograd.conv_and_transforms(x, w, padding, m, precision),
         default=xla)
-    return y, (x, w, v, u)
+    return y, (x, w, v)
 
 
 def _conv_bwd(strides, padding, precision, residuals, g):
-    x, w, v, u = residuals
+    x, w, v = residuals
     _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision), x, w)
     m = winograd_tile(x, w, strides)
     if m is None:
@@ -105,11 +104,11 @@ def _conv_bwd(strides, padding, precision, residuals, g):
         dw = lax.platform_dependent(x, g, cpu=cpu_dw, default=lambda x, g: vjp(g)[1])
         return dx, dw
 
-    def cpu(g, v, u):
-        dx, dw = winograd.conv_grads(g, v, u, x.shape, padding, w.shape[0], m, precision)
+    def cpu(g, v, w):
+        dx, dw = winograd.conv_grads(g, v, w, x.shape, padding, m, precision)
         return dx.astype(x.dtype), dw.astype(w.dtype)
 
-    return lax.platform_dependent(g, v, u, cpu=cpu, default=lambda g, v, u: vjp(g))
+    return lax.platform_dependent(g, v, w, cpu=cpu, default=lambda g, v, w: vjp(g))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
