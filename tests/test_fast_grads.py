@@ -159,8 +159,11 @@ def test_max_pool_nan_wins_as_in_torch():
     yt.backward(torch.from_numpy(g).permute(0, 3, 1, 2))
     np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
     assert np.isnan(np.asarray(y)).sum() == 5  # 1 window over (1, 1), 4 over the pair
-    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]),
-                                  xt.grad.permute(0, 2, 3, 1).numpy())
+    dx, dx_torch = np.asarray(vjp(jnp.asarray(g))[0]), xt.grad.permute(0, 2, 3, 1).numpy()
+    assert dx[1, 5, 6, 2] == dx_torch[1, 5, 6, 2] == 0.0  # the pair's last NaN takes it
+    assert dx[1, 6, 6, 2] != 0.0 and dx[0, 1, 1, 0] == dx_torch[0, 1, 1, 0] != 0.0
+    # Elsewhere only the order of the sums over overlapping windows differs.
+    np.testing.assert_allclose(dx, dx_torch, rtol=1e-6, atol=1e-6)
 
 
 def test_bfloat16_grads_run_and_match_xla():
