@@ -3,9 +3,9 @@
 Why: XLA's CPU convolutions are compute-bound and most of the step (on AVX-512 CPUs slower
 than oneDNN's), and its kernel gradient (the backward-filter conv) several times slower still.
 On CPU, chosen per backend with `lax.platform_dependent`: the stride-1 convs (conv2-5) run by
-Winograd's minimal filtering (`winograd.py`: forward, input gradient and kernel gradient,
-1.7-4.4x fewer seconds each at batch 128), and conv1's kernel gradient (11x11, stride 4) as
-one matmul over its stacked taps.
+Winograd's minimal filtering (`winograd.py`: the forward pass keeps its transformed input, from
+which the backward pass takes both gradients through the transforms), and conv1's kernel
+gradient (11x11, stride 4) as one matmul over its stacked taps.
 GPUs and TPUs keep XLA's convolutions, where cuDNN and the TPU compiler pick their own
 algorithms. Figures: benchmarks/NOTES.md.
 """

@@ -6,10 +6,10 @@ from an a x a input tile (a = m + r - 1) with a*a products instead of m*m*r*r; a
 those products are a*a batched matmuls. The transforms are unrolled multiply-adds with constant
 coefficients, which XLA fuses into a few memory-bound loops.
 
-Three uses, one tiling: the forward pass, the input gradient (a stride-1 convolution of the
-output gradient with the flipped, transposed kernel) and the kernel gradient (a correlation of
-the input with the output gradient, summed over the batch: the products' sum over tiles is the
-matmul).
+The train step runs `conv_and_transforms` forward and `conv_grads` backward: both gradients
+go back through Winograd's own stages, from the forward pass's transformed input and one
+transform of the output gradient. `input_grad` and `kernel_grad` compute each gradient alone,
+as another Winograd convolution (scripts/winograd_layers.py times all of them per layer).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def _untile(at: np.ndarray, prod):
     """A^T M A for every tile, M of shape (a, a, ...): shape (m, m, ...), the second axis
     the tile's row (the order `_tiles` makes). Both stages are materialised: fused into its
     consumer (a max-pool's gradient reads each value up to four times), the second stage
-    would be recomputed for each read (1.9x slower step there, measured)."""
+    would be recomputed for each read (pool1's gradient fusion: 148 ms instead of 54 ms at
+    batch 128, measured)."""
     rows = _stacked(at, [prod[:, k] for k in range(at.shape[1])])  # (m, a, ...)
     return _stacked(at, [rows[:, k] for k in range(at.shape[1])])
 
