@@ -1,5 +1,5 @@
-"""`alexnet-jax`: train, evaluate, predict, convert, plot, download, compare-torch, summary,
-benchmark.
+"""`alexnet-jax`: train, evaluate, predict, convert, plot, show-batch, download, compare-torch,
+summary, benchmark.
 
 Exit codes: 0 success, 2 usage errors (argparse), 1 runtime errors, 128+N when stopped by
 signal N. Errors are one line on stderr; `--debug` shows the traceback.
@@ -20,6 +20,7 @@ COMMANDS = {
     "predict": ("commands.evaluate", "predict_command"),
     "convert": ("commands.convert", "convert_command"),
     "plot": ("commands.plot", "plot_command"),
+    "show-batch": ("commands.show_batch", "show_batch_command"),
     "benchmark": ("commands.benchmark", "main"),
     "summary": ("commands.summary", "summary_command"),
     "download": ("data.download", "download_command"),

@@ -40,7 +40,8 @@ EXAMPLES = {
     "train": """alexnet-jax train                                  # d2l's run (a GPU job)
   alexnet-jax train --limit-train 2048 --limit-test 256 --epochs 2 --batch-size 32 \\
       --lr 0.05 --workdir runs/quick                 # learns in 2-4 minutes on 2 CPU cores
-  alexnet-jax train --workdir runs/quick --epochs 3  # the same run, one epoch more""",
+  alexnet-jax train --workdir runs/quick --epochs 3  # the same run, one epoch more
+  alexnet-jax train --augment --workdir runs/augmented  # with AlexNet's augmentation""",
     "evaluate": """alexnet-jax evaluate --workdir runs/quick
   alexnet-jax evaluate --workdir runs/quick --step 32 --limit-test 1000""",
     "predict": """alexnet-jax predict --workdir runs/quick --num 20 --out wrong_or_right.png
@@ -48,6 +49,8 @@ EXAMPLES = {
     "convert": """alexnet-jax convert --from-torch d2l_alexnet.pt --workdir runs/from_d2l
   alexnet-jax convert --to-torch ours.pt --workdir runs/quick""",
     "plot": """alexnet-jax plot runs/lr0.01 runs/lr0.05 --out compare.png""",
+    "show-batch": """alexnet-jax show-batch --augment --out batch.png
+  alexnet-jax show-batch --step 469 --num 16 --out first_of_epoch2.png""",
     "download": """alexnet-jax download
   alexnet-jax download --dir /data/fashion-mnist   # then --manual-dir /data/fashion-mnist""",
     "compare-torch": """alexnet-jax compare-torch                          # ~2 min on a CPU
@@ -102,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many checkpoints to keep")
     t.add_argument("--dropout", type=float, default=0.5,
                    help="dropout rate after fc1 and fc2 (0: off, for exact comparisons)")
+    t.add_argument("--augment", action="store_true",
+                   help="AlexNet's data augmentation, which d2l leaves out: random "
+                   "translations by up to 16 pixels, horizontal flips, brightness x (1 + "
+                   "N(0, 0.1)); the test set is never augmented")
     t.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32",
                    help="computation dtype; parameters stay float32 (float64: parameters "
                    "too, for numerical checks; needs JAX_ENABLE_X64=1)")
@@ -150,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     direction.add_argument("--to-torch", metavar="FILE.pt", help="write the checkpoint here")
     c.add_argument("--workdir", required=True, help="the work dir to write or read")
     c.add_argument("--step", type=int, help="checkpoint step for --to-torch; unset: the latest")
+
+    s = command(sub, "show-batch", "a PNG of one training batch as the model receives it "
+                "(resized to 224, and augmented with --augment)")
+    s.add_argument("--augment", action="store_true", help="as `train --augment` augments it")
+    s.add_argument("--step", type=int, default=0, help="the global train step whose batch "
+                   "to show (its epoch's order and its augmentation key)")
+    s.add_argument("--seed", type=int, default=0, help="the run's seed (shuffling, keys)")
+    s.add_argument("--batch-size", type=positive(int), default=128, help="the run's batch")
+    s.add_argument("--limit-train", type=positive(int), help="the run's --limit-train")
+    s.add_argument("--num", type=positive(int), default=32,
+                   help="show the batch's first N images (at most 100)")
+    s.add_argument("--out", default="batch.png", help="the PNG to write")
+    _add_data_args(s)
 
     g = command(sub, "plot", "d2l's curves of several runs in one PNG, to compare them")
     g.add_argument("runs", nargs="+", metavar="RUN", help="work dirs (each with metrics.jsonl)")

@@ -40,10 +40,11 @@ PEAK_TFLOPS = {
     "TPU v4": (None, 275.0), "TPU v5 lite": (None, 197.0), "TPU v5e": (None, 197.0),
     "TPU v5p": (None, 459.0), "TPU v6": (None, 918.0),
 }
-JAX_VARIANTS = {  # name: (--dtype, matmul precision)
-    "jax-f32-default": ("float32", "default"),
-    "jax-f32-highest": ("float32", "highest"),
-    "jax-bf16": ("bfloat16", "default"),
+JAX_VARIANTS = {  # name: (--dtype, matmul precision, --augment)
+    "jax-f32-default": ("float32", "default", False),
+    "jax-f32-highest": ("float32", "highest", False),
+    "jax-bf16": ("bfloat16", "default", False),
+    "jax-f32-augment": ("float32", "default", True),
 }
 
 
@@ -60,7 +61,7 @@ def summarize(times: list[float], batch: int) -> dict:
 
 
 def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -> dict:
-    dtype, precision = JAX_VARIANTS[variant]
+    dtype, precision, augment = JAX_VARIANTS[variant]
     mesh = make_mesh()
     with jax.default_matmul_precision(precision):
         state = put_replicated(create_train_state(build_model(dtype), 0, 0.01), mesh)
@@ -68,7 +69,7 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -
         batches = [jax.device_put((rng.random((batch, 224, 224, 1), np.float32),
                                    rng.integers(0, 10, batch).astype(np.int32)),
                                   batch_sharding(mesh)) for _ in range(4)]
-        step = jit_steps(mesh).train  # the step `train` runs
+        step = jit_steps(mesh, augment).train  # the step `train` runs
         t0 = time.perf_counter()
         compiled = step.lower(state, *batches[0], empty_metrics()).compile()
         compile_s = time.perf_counter() - t0

@@ -66,9 +66,11 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path):
     return fig
 
 
-def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path, wrong=None):
-    """A row-wrapped grid of 28x28 images, each titled 'true\\npredicted' as in d2l; the
-    titles of wrong predictions in red. Returns the figure."""
+def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path, wrong=None,
+                     value_range=None):
+    """A row-wrapped grid of images, each titled (predict: 'true\\npredicted' as in d2l); the
+    titles of wrong predictions in red; grey levels over `value_range` (lo, hi) shared by all
+    images, or each image's own. Returns the figure."""
     plt = _pyplot()
     n = len(images)
     cols = min(n, 10)
@@ -79,7 +81,8 @@ def plot_predictions(images: np.ndarray, titles: list[str], path: str | Path, wr
         ax.axis("off")
     wrong = np.zeros(n, bool) if wrong is None else np.asarray(wrong)
     for ax, image, title, bad in zip(axes.ravel(), images, titles, wrong):
-        ax.imshow(image, cmap="gray")
+        lo, hi = value_range or (None, None)
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
         ax.set_title(title, fontsize=8, color="red" if bad else "black")
     fig.tight_layout()
     fig.savefig(path)

@@ -134,8 +134,8 @@ def train_epochs(run: Run, state, epoch_metrics):
         run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing to train")
         run.mngr.close()
         return state, closing_report(run.log, run.totals, run.out)
-    run.train_step, seconds = compile_steps(jit_steps(run.train_pipe.mesh), state, epoch_metrics,
-                                            run.train_pipe)
+    steps = jit_steps(run.train_pipe.mesh, run.config.augment)
+    run.train_step, seconds = compile_steps(steps, state, epoch_metrics, run.train_pipe)
     for line in compiled_lines(seconds, jax.default_backend()):
         run.out(line)
     if not (sys.stderr.isatty() and is_primary()):

@@ -34,7 +34,7 @@ RECORDS = ("config.json", "metrics.jsonl", "curves.png", "tensorboard", "checkpo
            "checkpoint_digests", "corrupted_checkpoints")
 # Settings that define a run: a work dir refuses to continue with other values.
 RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes",
-                "dropout")
+                "dropout", "augment")
 # --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
 DTYPES = {"float32": (None, jnp.float32), "bfloat16": (jnp.bfloat16, jnp.float32),
           "float64": (jnp.float64, jnp.float64)}
@@ -66,6 +66,7 @@ class TrainConfig:
     dtype: str = "float32"
     num_classes: int = 10
     dropout: float = 0.5
+    augment: bool = False
     strict_checkpoints: bool = False
     profile_steps: tuple[int, int] | None = None
 

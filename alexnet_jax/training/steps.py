@@ -13,15 +13,18 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from ..data.augment import augment as augment_batch
 from ..data.preprocess import batch_spec, model_input
 from ..model import AlexNet, init_params
 from ..runtime.parallel import batch_sharding, is_real, put_replicated, replicated
+
+AUGMENT_STREAM = 1  # a step's augmentation key: fold_in(its dropout key, AUGMENT_STREAM)
 
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState plus the dropout key: everything a step changes."""
 
-    rng: jax.Array  # key data; the dropout key of a step is fold_in(rng, step)
+    rng: jax.Array  # key data; a step's keys derive from it (step_keys)
 
 
 def make_optimizer(lr: float) -> optax.GradientTransformation:
@@ -31,13 +34,33 @@ def make_optimizer(lr: float) -> optax.GradientTransformation:
 
 def create_train_state(model: AlexNet, seed: int, lr: float, params=None) -> TrainState:
     """A fresh state: d2l's init from `seed`, or the given params (a converted checkpoint)."""
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    init_key = jax.random.split(jax.random.key(seed))[0]
     if params is None:
         params = init_params(model, init_key)
     params = jax.tree.map(lambda p: jnp.asarray(p, model.param_dtype), params)
     tx = make_optimizer(lr)
     return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params,
-                      tx=tx, opt_state=tx.init(params), rng=jax.random.key_data(dropout_key))
+                      tx=tx, opt_state=tx.init(params), rng=run_rng(seed))
+
+
+def run_rng(seed: int) -> jax.Array:
+    """The TrainState.rng of a run with this seed (its step keys derive from it)."""
+    return jax.random.key_data(jax.random.split(jax.random.key(seed))[1])
+
+
+def step_keys(rng, step) -> tuple[jax.Array, jax.Array]:
+    """A train step's (dropout key, augmentation key): the second is derived from the first,
+    so that the dropout masks are the same with `--augment` or without."""
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+    return dropout_key, jax.random.fold_in(dropout_key, AUGMENT_STREAM)
+
+
+def step_input(rng, step, images, augment: bool):
+    """(the model's input, the dropout key) of a train step: d2l's preprocessing, then AlexNet's
+    augmentation (data/augment.py) with `augment`."""
+    dropout_key, augment_key = step_keys(rng, step)
+    x = model_input(images)
+    return (augment_batch(augment_key, x) if augment else x), dropout_key
 
 
 def cross_entropy(logits, labels):
@@ -71,10 +94,10 @@ def mean_loss(losses, labels):
     return jnp.sum(losses) / jnp.maximum(jnp.sum(is_real(labels)), 1)
 
 
-def train_step(state: TrainState, images, labels, metrics):
-    """One SGD step on the mean cross-entropy; adds this batch's sums to `metrics`."""
-    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    x = model_input(images)
+def train_step(state: TrainState, images, labels, metrics, augment: bool = False):
+    """One SGD step on the mean cross-entropy; adds this batch's sums to `metrics`;
+    `augment`: `train --augment` (data/augment.py)."""
+    x, dropout_key = step_input(state.rng, state.step, images, augment)
 
     def loss_fn(params):
         logits = state.apply_fn({"params": params}, x, train=True,
@@ -101,13 +124,14 @@ class Steps(NamedTuple):
 
 
 @functools.cache
-def jit_steps(mesh: Mesh) -> Steps:
-    """The steps compiled for `mesh`: batches sharded over its devices, the rest replicated."""
+def jit_steps(mesh: Mesh, augment: bool = False) -> Steps:
+    """The steps compiled for `mesh`: batches sharded over its devices, the rest replicated;
+    the train step with `train --augment`'s augmentation or without."""
     repl, data = replicated(mesh), batch_sharding(mesh)
     shardings = (repl, data, data, repl)
     return Steps(
-        train=jax.jit(train_step, in_shardings=shardings, out_shardings=(repl, repl),
-                      donate_argnums=(0, 3)),
+        train=jax.jit(functools.partial(train_step, augment=augment), in_shardings=shardings,
+                      out_shardings=(repl, repl), donate_argnums=(0, 3)),
         eval=jax.jit(eval_step, in_shardings=shardings, out_shardings=repl,
                      donate_argnums=(3,)),
     )
