@@ -123,9 +123,9 @@ def params_of(workdir):
     return jax.device_get(load_state(workdir)[0].params)
 
 
-def finished(workdir, data) -> tuple:
-    """Run the small 2-epoch command to its end in `workdir`; what two equal runs share:
-    params, metrics points without timings, d2l's closing line."""
+def finished(workdir, data, *extra) -> tuple:
+    """Run the small 2-epoch command (with `extra` flags) to its end in `workdir`; what two
+    equal runs share: params, metrics points without timings, d2l's closing line."""
     import contextlib
     import io
 
@@ -133,7 +133,7 @@ def finished(workdir, data) -> tuple:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(train_args(workdir, data)) == 0
+        assert main(train_args(workdir, data, 2, *extra)) == 0
     closing = [line for line in out.getvalue().splitlines() if line.startswith("loss ")]
     return params_of(workdir), run_record(workdir), closing
 

@@ -1,0 +1,175 @@
+"""`train --augment`: the augmentation's transform and draws, its determinism and resume, its
+independence of the devices, and that it leaves runs without it and the test set alone."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import (
+    assert_same_params,
+    assert_same_run,
+    finished,
+    params_of,
+    run_record,
+    sigterm_after,
+    train_args,
+)
+from test_parallel import finish, settings, worker, worst_error
+
+from alexnet_jax.cli import main
+from alexnet_jax.commands.show_batch import batch_seen_at
+from alexnet_jax.data.augment import BRIGHTNESS_SD, MAX_SHIFT, apply, augment, draw
+from alexnet_jax.data.preprocess import model_input
+from alexnet_jax.training.steps import run_rng, step_input, step_keys
+
+
+def reference(image, dy, dx, flip, scale):
+    """The augmentation of one (H, W) image by loops: mirror, shift with black, scale."""
+    image = image[:, ::-1] if flip else image
+    out = np.zeros_like(image)
+    h, w = image.shape
+    for i in range(h):
+        for j in range(w):
+            if 0 <= i - dy < h and 0 <= j - dx < w:
+                out[i, j] = image[i - dy, j - dx]
+    return out * np.float32(scale)
+
+
+def test_apply_is_the_exact_shift_flip_and_scale():
+    """Random pixels, the largest shifts both ways, both flips: equal to the loop reference
+    bit for bit (each output pixel is one input pixel times the scale)."""
+    x = np.random.default_rng(0).random((6, 40, 40, 1), np.float32)
+    dy, dx = np.array([0, MAX_SHIFT, -MAX_SHIFT, 3, -7, 5]), np.array([0, -16, 16, 0, 2, -9])
+    flip = np.array([False, True, False, True, False, True])
+    scale = np.array([1.0, 1.1, 0.9, 1.0, 1.23, 0.8], np.float32)
+    out = np.asarray(jax.jit(apply)(x, dy, dx, flip, scale))
+    for b in range(6):
+        np.testing.assert_array_equal(out[b, ..., 0],
+                                      reference(x[b, ..., 0], dy[b], dx[b], flip[b], scale[b]))
+
+
+def test_draws_flip_half_spread_shifts_and_scale_as_the_paper(report):
+    """50,000 draws: flips near one half, every shift from -16 to 16 about equally often on
+    both axes, brightness scale 1 + N(0, 0.1); a key gives the same draws again."""
+    n = 50_000
+    dy, dx, flip, scale = (np.asarray(a) for a in jax.jit(draw, static_argnums=1)(
+        jax.random.key(7), n))
+    assert abs(flip.mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+    expected = n / (2 * MAX_SHIFT + 1)
+    for shifts in (dy, dx):
+        counts = np.bincount(shifts + MAX_SHIFT, minlength=2 * MAX_SHIFT + 1)
+        assert len(counts) == 2 * MAX_SHIFT + 1  # nothing outside -16..16
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        report("augment: shift counts' chi-square, 32 degrees of freedom", chi2, 70.0)
+        assert chi2 < 70.0  # p about 2e-4 for a uniform draw
+    assert np.corrcoef(dy, dx)[0, 1] ** 2 < 1e-3
+    assert abs(scale.mean() - 1.0) < 4 * BRIGHTNESS_SD / np.sqrt(n)
+    assert abs(scale.std() / BRIGHTNESS_SD - 1.0) < 0.02
+    again = draw(jax.random.key(7), n)
+    np.testing.assert_array_equal(np.asarray(again[3]), scale)
+
+
+def test_train_step_input_and_show_batch_agree(test_split):
+    """The train step's input with augmentation is show-batch's picture; without, d2l's
+    preprocessing alone; the two keys of a step differ."""
+    images, rng = test_split.images[:8], run_rng(3)
+    plain = np.asarray(model_input(jnp.asarray(images)))[..., 0]
+    x, _ = step_input(rng, 5, jnp.asarray(images), augment=False)
+    np.testing.assert_array_equal(np.asarray(x)[..., 0], plain)
+    x, _ = step_input(rng, 5, jnp.asarray(images), augment=True)
+    shown, drawn = batch_seen_at(rng, 5, images, augment=True)
+    np.testing.assert_array_equal(np.asarray(x)[..., 0], shown)
+    expected = np.asarray(augment(step_keys(rng, 5)[1], model_input(jnp.asarray(images))))
+    np.testing.assert_array_equal(shown, expected[..., 0])
+    assert not np.array_equal(shown, plain) and len(drawn) == 4
+    dropout, aug = step_keys(rng, 5)
+    assert not np.array_equal(jax.random.key_data(dropout), jax.random.key_data(aug))
+
+
+def test_show_batch_writes_the_batch(fashion_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "batch.png"
+    assert main(["show-batch", "--augment", "--num", "12", "--out", str(out), "--manual-dir",
+                 str(fashion_mnist_dir), "--source", "idx", "--step", "470"]) == 0
+    assert out.stat().st_size > 10_000
+    line = capsys.readouterr().out
+    assert "12 of the 128 images of step 470 (epoch 2, batch 2 of 469" in line
+    assert "augmented as `train --augment` does" in line
+
+
+@pytest.fixture(scope="module")
+def augmented_run(fashion_mnist_dir, tmp_path_factory):
+    """The small 2-epoch run (6 steps of 4 images) with --augment, uninterrupted."""
+    return finished(tmp_path_factory.mktemp("aug") / "w", fashion_mnist_dir, "--augment")
+
+
+@pytest.mark.slow
+def test_same_seed_same_run_and_the_flag_changes_it(augmented_run, reference_run,
+                                                    fashion_mnist_dir, tmp_path):
+    """Twice with --augment: the same parameters and points; without it the run differs (and
+    is the unaugmented reference, untouched by the flag's existence)."""
+    again = finished(tmp_path / "again", fashion_mnist_dir, "--augment")
+    assert_same_run(again, augmented_run)
+    assert run_record(tmp_path / "again") == augmented_run[1]
+    differ = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                                          augmented_run[0], reference_run[0]))
+    assert all(differ)
+    config = json.loads((tmp_path / "again" / "config.json").read_text())["settings"]
+    assert config["augment"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_after", [1, 3, 4])
+def test_stopped_anywhere_resumes_bit_exactly(stop_after, augmented_run, fashion_mnist_dir,
+                                              tmp_path):
+    """SIGTERM mid-epoch (1, 4) or at an epoch's end (3), then the same command: the run
+    that never stopped, bit for bit (its augmentation keys come from the saved state)."""
+    workdir = tmp_path / "w"
+    with sigterm_after(stop_after):
+        assert main(train_args(workdir, fashion_mnist_dir, 2, "--augment")) == \
+            128 + signal.SIGTERM
+    assert_same_run(finished(workdir, fashion_mnist_dir, "--augment"), augmented_run)
+
+
+@pytest.mark.slow
+def test_test_images_are_never_augmented(augmented_run, fashion_mnist_dir, tmp_path, capsys):
+    """evaluate (no augmentation anywhere in it) on the run's last checkpoint gives the test
+    accuracy the augmented run recorded at its end."""
+    workdir = tmp_path / "w"
+    finished(workdir, fashion_mnist_dir, "--augment")
+    capsys.readouterr()
+    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
+                 "--source", "idx"]) == 0
+    line = capsys.readouterr().out
+    recorded = run_record(workdir)[-1]
+    assert f"test acc {recorded['test_acc']:.4f} on 4 test images" in line
+    assert_same_params(params_of(workdir), augmented_run[0])
+
+
+def test_resuming_with_another_augment_setting_is_refused(augmented_run, fashion_mnist_dir,
+                                                          tmp_path, capsys):
+    workdir = tmp_path / "w"
+    finished(workdir, fashion_mnist_dir, "--augment")
+    capsys.readouterr()
+    assert main(train_args(workdir, fashion_mnist_dir, 3)) == 1
+    assert "augment=True in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_devices_equal_one_in_float64(fashion_mnist_dir, tmp_path, report):
+    """5 augmented steps of 8 images in float64 on 1 and on 2 CPU devices: the same
+    parameters (each image's draws do not depend on the sharding)."""
+    runs = {}
+    for devices in (1, 2):
+        config = settings(tmp_path / f"w{devices}", fashion_mnist_dir, augment=True)
+        finish(worker(tmp_path / f"d{devices}", config, devices=devices), 300)
+        runs[devices] = np.load(tmp_path / f"d{devices}_e1.npz")
+    assert int(runs[2]["devices"]) == 2 and int(runs[2]["step"]) == 5
+    name, err = worst_error(runs[2], runs[1])
+    report(f"--augment, 2 devices vs 1, 5 steps, float64: worst parameter ({name})", err, 1e-5)
+    assert err <= 1e-5
+    assert float(runs[2]["train_acc"]) == float(runs[1]["train_acc"])
