@@ -33,6 +33,8 @@ def batch_seen_at(rng, step: int, images: np.ndarray, augment: bool):
 def show_batch_command(args) -> None:
     from ..observe.plots import plot_predictions
 
+    if args.step < 0:
+        raise RunError(f"--step is a global train step, 0 or more; got {args.step}")
     split = load_split("train", args.source, args.data_dir, args.manual_dir).head(args.limit_train)
     per_epoch = num_batches(len(split), args.batch_size)
     epoch, index = divmod(args.step, per_epoch)
