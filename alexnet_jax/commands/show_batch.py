@@ -5,29 +5,24 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ..data.augment import apply, draw
+from ..data.augment import draw
 from ..data.fashion_mnist import CLASS_NAMES, load_split
 from ..data.input_pipeline import epoch_order, num_batches
-from ..data.preprocess import model_input
 from ..training.run_dir import RunError
-from ..training.steps import run_rng, step_keys
-
-MAX_SHOWN = 100  # images in the picture, as predict's
+from ..training.steps import run_rng, step_input, step_keys
+from .evaluate import MAX_SHOWN
 
 
 def batch_seen_at(rng, step: int, images: np.ndarray, augment: bool):
-    """The model's input at global step `step` for these uint8 images (the step's batch):
-    resized, then augmented with that step's key, as the train step does it; and each
-    image's (row shift, column shift, flip, scale), or None without `augment`."""
-    def seen(images):
-        x = model_input(images)
-        if not augment:
-            return x, None
-        drawn = draw(step_keys(rng, step)[1], images.shape[0])
-        return apply(x, *drawn), drawn
-
-    x, drawn = jax.jit(seen)(images)
-    return np.asarray(x)[..., 0], None if drawn is None else [np.asarray(d) for d in drawn]
+    """The model's input at global step `step` for these uint8 images (the step's batch), by
+    the train step's own `step_input`; and each image's (row shift, column shift, flip,
+    scale) for the titles, or None without `augment`."""
+    x, _ = jax.jit(step_input, static_argnums=3)(rng, step, images, augment)
+    drawn = None
+    if augment:
+        drawn = jax.jit(draw, static_argnums=1)(step_keys(rng, step)[1], len(images))
+        drawn = [np.asarray(d) for d in drawn]
+    return np.asarray(x)[..., 0], drawn
 
 
 def show_batch_command(args) -> None:
@@ -47,8 +42,6 @@ def show_batch_command(args) -> None:
         dy, dx, flip, scale = drawn
         titles = [f"{t}\n{dy[k]:+d},{dx[k]:+d}{' flip' if flip[k] else ''} x{scale[k]:.2f}"
                   for k, t in enumerate(titles)]
-    if not np.isfinite(x).all():
-        raise RunError("the batch holds non-finite pixels; the data files are damaged")
     top = max(1.0, float(x.max()))  # one grey scale: black 0, white 1 or the brightest
     plot_predictions(x[:shown], titles, args.out, value_range=(0.0, top))
     what = "augmented as `train --augment` does" if args.augment else "not augmented"
