@@ -12,11 +12,12 @@ mkdir -p "$OUT"
 cp "$RUN/metrics.jsonl" "$RUN/config.json" "$OUT/"
 cp "$CONSOLE" "$OUT/console.txt"
 alexnet-jax plot "$RUN" --out "$OUT/curves.png"
-alexnet-jax predict --workdir "$RUN" "${AT[@]}" --num 20 --manual-dir "$DATA" --out "$OUT/predictions.png" \
+alexnet-jax predict --workdir "$RUN" "${AT[@]}" --num 20 --source idx --manual-dir "$DATA" --out "$OUT/predictions.png" \
   | tee "$OUT/predict.txt"
+# (idx: the release files read directly, the images tfds gives, without importing TensorFlow.)
 # Every test prediction of ours, then the same weights in d2l's nn.Sequential.
 alexnet-jax convert --to-torch "$RUN/ours.pt" --workdir "$RUN" "${AT[@]}"
-alexnet-jax predict --workdir "$RUN" "${AT[@]}" --num "$NUM" --manual-dir "$DATA" --csv "$RUN/ours.csv" \
+alexnet-jax predict --workdir "$RUN" "${AT[@]}" --num "$NUM" --source idx --manual-dir "$DATA" --csv "$RUN/ours.csv" \
   --out "$RUN/all.png"
 python "$HERE/../../../scripts/d2l_torch_accuracy.py" --weights "$RUN/ours.pt" \
   --ours "$RUN/ours.csv" --manual-dir "$DATA" --out "$OUT/torch-accuracy.json" \
