@@ -38,17 +38,18 @@ def tables(points: list[dict], check: dict | None) -> str:
     if rows:
         last = rows[-1]
         low, high = D2L_RANGE
-        where = ("inside" if low <= last["test_acc"] <= high else "outside") + \
-            " d2l's published range"
+        inside = "inside" if low <= last["test_acc"] <= high else "outside"
+        where = f"{inside} d2l's published range, {low} to {high}"
         if last["epoch"] < 10:
-            where = f"after {last['epoch']} of d2l's 10 epochs; d2l's published range (after 10)"
+            where = (f"after {last['epoch']} of d2l's 10 epochs; d2l's published range "
+                     f"(after 10) is {low} to {high}")
         out += [f"After epoch {last['epoch']}, ours beside d2l's printed line (after 10):", "",
                 "| | train loss | train acc | test acc |", "| --- | ---: | ---: | ---: |",
                 f"| alexnet-jax, epoch {last['epoch']} | {last['train_loss']:.3f} | "
                 f"{last['train_acc']:.3f} | {last['test_acc']:.3f} |",
                 f"| d2l, epoch 10 | {D2L['train_loss']:.3f} | {D2L['train_acc']:.3f} | "
                 f"{D2L['test_acc']:.3f} |", "",
-                f"Test accuracy {last['test_acc']:.4f}: {where} is {low} to {high}.", ""]
+                f"Test accuracy {last['test_acc']:.4f}: {where}.", ""]
     if check:
         n = check["images"]
         out += ["The same weights in d2l's `nn.Sequential` (`torch-accuracy.json`):", "",
