@@ -29,12 +29,16 @@ def tables(points: list[dict], check: dict | None) -> str:
              "examples/sec of the epoch (steps only) | wall time so far |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        rate = r["epoch_examples_per_sec"]  # None: the run resumed inside this epoch
         lines.append(f"| {r['epoch']} | {r['train_loss']:.3f} | {r['train_acc']:.3f} | "
                      f"{r['test_loss']:.3f} | {r['test_acc']:.4f} | "
-                     f"{r['epoch_examples_per_sec']:.1f} | "
+                     f"{'resumed in it' if rate is None else f'{rate:.1f}'} | "
                      f"{r['wall_seconds'] / 60:.1f} min |")
     out = [f"Per epoch, from `metrics.jsonl` ({len(rows)} of 10 epochs recorded):", "",
            *lines, ""]
+    if any(r["epoch_examples_per_sec"] is None for r in rows):
+        out += ["An epoch the run was resumed in has no rate of its own (`train` times whole "
+                "epochs only); wall time counts the time `train` ran, not the pause.", ""]
     if rows:
         last = rows[-1]
         low, high = D2L_RANGE

@@ -133,6 +133,43 @@ def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
 
 
 @pytest.mark.slow
+def test_d2l_torch_accuracy_counts_the_predictions_that_differ(trained, fashion_mnist_dir,
+                                                               tmp_path, monkeypatch, capsys):
+    """scripts/d2l_torch_accuracy.py on a trained run's first 40 test images: the converted
+    weights in d2l's net predict what ours do; one prediction changed in our CSV is found."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "d2l_torch_accuracy", Path(__file__).parents[1] / "scripts" / "d2l_torch_accuracy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    pt, ours, out = tmp_path / "ours.pt", tmp_path / "ours.csv", tmp_path / "acc.json"
+    assert main(["convert", "--to-torch", str(pt), "--workdir", str(trained)]) == 0
+    assert main(["predict", "--workdir", str(trained), "--num", "40", "--csv", str(ours),
+                 "--manual-dir", str(fashion_mnist_dir), "--source", "idx",
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    argv = ["d2l_torch_accuracy", "--weights", str(pt), "--ours", str(ours),
+            "--manual-dir", str(fashion_mnist_dir), "--batch-size", "16", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    result = json.loads(out.read_text())
+    rows = [r.split(",") for r in ours.read_text().splitlines()[1:]]
+    right = sum(true == predicted for _, true, predicted in rows)
+    assert result["images"] == 40 and result["predictions_that_differ"] == 0
+    assert result["d2l_pytorch_test_acc"] == result["alexnet_jax_test_acc"] == right / 40
+    assert "covers the first 40 test images only" in capsys.readouterr().out
+
+    _, true, predicted = rows[5]  # made wrong if right, right if wrong
+    rows[5][2] = true if predicted != true else ("bag" if true != "bag" else "shirt")
+    ours.write_text("index,true,predicted\n" + "".join(",".join(r) + "\n" for r in rows))
+    script.main()
+    result = json.loads(out.read_text())
+    assert result["predictions_that_differ"] == 1 and result["differing"][0]["index"] == 5
+    assert abs(result["difference_pp"]) == pytest.approx(100 / 40)
+
+
+@pytest.mark.slow
 def test_predict_works_in_bounded_batches(trained, test_split):
     from alexnet_jax.commands.evaluate import predict_classes
     from alexnet_jax.data.preprocess import model_input
