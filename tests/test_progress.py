@@ -6,7 +6,7 @@ import pytest
 
 from alexnet_jax.observe import progress as progress_module
 from alexnet_jax.observe.progress import Progress, duration
-from alexnet_jax.training.report import cpu_estimate
+from alexnet_jax.training.report import cpu_estimate, typical_step_seconds
 
 
 class Clock:
@@ -70,3 +70,10 @@ def test_cpu_estimate_names_this_run_d2ls_run_and_a_quick_run():
     assert "alexnet-jax train --limit-train 2048" in line
     small = cpu_estimate(0.1, 4, 6, 6)
     assert "d2l's full run would take roughly 4 h 10 min here" in small  # 0.1 s / 4 images
+
+
+def test_the_estimate_leaves_out_the_first_step_and_outliers():
+    """A page-faulting first step (3.5 s) and a neighbour's slow one (4.1 s) among 2.3-2.5 s
+    steps: the estimate's step is the median of the steps after the first."""
+    assert typical_step_seconds([3.5, 2.3, 4.1, 2.5, 2.4]) == 2.45
+    assert typical_step_seconds([1.7]) == 1.7  # a run of one step has nothing else

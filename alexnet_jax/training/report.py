@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import jax
 
 from ..observe.progress import duration
@@ -46,6 +48,12 @@ D2L_STEPS, D2L_BATCH = 10 * 469, 128  # d2l's full run: 10 epochs of 469 batches
 # few hundred steps); measured in benchmarks/NOTES.md.
 QUICK_RUN = ("alexnet-jax train --limit-train 2048 --limit-test 256 --epochs 2 --batch-size 32 "
              "--lr 0.05 --workdir runs/quick")
+
+
+def typical_step_seconds(seconds: list[float]) -> float:
+    """The median step after the first: the first steps after compiling fault their memory in,
+    and single steps on a shared CPU move by up to 1.7x (benchmarks/NOTES.md)."""
+    return statistics.median(seconds[1:] or seconds)
 
 
 def cpu_estimate(step_seconds: float, batch_size: int, steps_left: int, total_steps: int) -> str:
