@@ -7,7 +7,7 @@ fault in, and the forward dot of conv2 took twice as long here.)
 Square float32 GEMMs by XLA and by PyTorch give the rate no matmul of the step can beat; then
 dU = V^T Z of conv2-5 at batch 128 (the transposed operand that `winograd.conv_grads` runs),
 the same with V transposed in the graph, and the forward V U. Medians of timed calls after
-two warm-ups, each ended by block_until_ready (see benchmarks/NOTES.md).
+a warm-up, each ended by block_until_ready (see benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -19,19 +19,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_conv_grads import median_seconds  # this folder's timings
 from jax import lax
-
-
-def median_seconds(f, *args, repeats: int) -> float:
-    f = jax.jit(f)
-    for _ in range(2):
-        jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def batched(lhs: int, rhs: int):
@@ -45,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     for n in (1024, 2048, 4096):
         a = jnp.ones((n, n), jnp.float32)
-        s = median_seconds(lambda a: a @ a, a, repeats=args.repeats)
+        s = median_seconds(jax.jit(lambda a: a @ a), (a,), args.repeats)
         line = f"GEMM {n}^3: XLA {2 * n**3 / s / 1e9:.0f} GFLOP/s"
         try:
             import torch
@@ -76,7 +65,7 @@ def main() -> None:
                                        v, z),
                 "forward V U": (batched(2, 1), v, u)}
         for what, (f, *operands) in rows.items():
-            s = median_seconds(f, *operands, repeats=args.repeats)
+            s = median_seconds(jax.jit(f), operands, args.repeats)
             print(f"{name} {what:34s} {s * 1e3:7.1f} ms {gflop / s:6.0f} GFLOP/s", flush=True)
 
 
