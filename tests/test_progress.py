@@ -6,7 +6,7 @@ import pytest
 
 from alexnet_jax.observe import progress as progress_module
 from alexnet_jax.observe.progress import Progress, duration
-from alexnet_jax.training.report import cpu_estimate, typical_step_seconds
+from alexnet_jax.training.report import CpuEstimate, cpu_estimate, typical_step_seconds
 
 
 class Clock:
@@ -74,6 +74,12 @@ def test_cpu_estimate_names_this_run_d2ls_run_and_a_quick_run():
 
 def test_the_estimate_leaves_out_the_first_step_and_outliers():
     """A page-faulting first step (3.5 s) and a neighbour's slow one (4.1 s) among 2.3-2.5 s
-    steps: the estimate's step is the median of the steps after the first."""
-    assert typical_step_seconds([3.5, 2.3, 4.1, 2.5, 2.4]) == 2.45
+    steps: the estimate, said once after the fifth step, uses the median of steps 2 to 5."""
+    estimate = CpuEstimate(0, 4690, 128)
+    lines = [estimate.add(s, step) for step, s in enumerate([3.5, 2.3, 4.1, 2.5, 2.4, 9.0], 1)]
+    assert lines[:4] == [None] * 4 and lines[5] is None
+    assert lines[4].startswith("on this CPU a step takes 2.45 s: the 4685 steps left")
     assert typical_step_seconds([1.7]) == 1.7  # a run of one step has nothing else
+    resumed = CpuEstimate(6, 9, 4)  # 3 steps left: said at the last, from steps 8 and 9
+    lines = [resumed.add(s, step) for step, s in [(7, 5.0), (8, 0.2), (9, 0.4)]]
+    assert lines[:2] == [None, None] and "a step takes 0.30 s: the 0 steps left" in lines[2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,10 @@ from ..observe.progress import Progress
 from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from . import checkpoints, run_dir
 from . import lock as workdir_lock
-from .report import (
-    closing_report,
-    compiled_lines,
-    cpu_estimate,
-    progress_line,
-    typical_step_seconds,
-)
+from .report import CpuEstimate, closing_report, compiled_lines, progress_line
 from .run_dir import RunError, TrainConfig
 from .steps import TrainState, compile_steps, create_train_state, empty_metrics, evaluate, jit_steps
 from .stops import Interrupted, SignalFlag
-
-ESTIMATE_AFTER = 5  # steps timed before a CPU run estimates how long it takes
 
 
 @dataclass
@@ -57,8 +49,7 @@ class Run:
     last_saved: int = 0
     train_step: Any = None  # compiled ahead of time for each batch shape
     progress: Progress | None = None  # lines with an ETA where stderr is not a terminal
-    estimate_at: int = 0  # the global step after which a CPU run says how long it takes
-    first_step_seconds: list[float] = field(default_factory=list)  # for that estimate
+    estimate: CpuEstimate | None = None  # a CPU run says once how long it takes
 
     @property
     def steps_per_epoch(self) -> int:
@@ -147,7 +138,7 @@ def train_epochs(run: Run, state, epoch_metrics):
         run.out(line)
     if not (sys.stderr.isatty() and is_primary()):
         run.progress = Progress("train", run.total_steps, start_step, run.out, tty=False)
-    run.estimate_at = min(start_step + ESTIMATE_AFTER, run.total_steps)
+    run.estimate = CpuEstimate(start_step, run.total_steps, run.config.batch_size)
     if run.config.profile_steps:  # (first, last) global steps
         run.train_step = StepTracer(run.train_step, *run.config.profile_steps, start_step,
                                     run.workdir / "profile")
@@ -186,12 +177,9 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
         if run.progress:
             run.progress.update(1)
         global_step = epoch * run.steps_per_epoch + i + 1
-        if len(run.first_step_seconds) < ESTIMATE_AFTER:
-            run.first_step_seconds.append(dt)
-        if global_step == run.estimate_at and jax.default_backend() == "cpu":
-            run.out(cpu_estimate(typical_step_seconds(run.first_step_seconds),
-                                 run.config.batch_size, run.total_steps - global_step,
-                                 run.total_steps))
+        estimate = run.estimate.add(dt, global_step)
+        if estimate and jax.default_backend() == "cpu":
+            run.out(estimate)
         last = i + 1 == run.steps_per_epoch
         if (i + 1) % log_every == 0 or last:
             point = point_at(run, epoch_metrics, global_step)

@@ -50,6 +50,25 @@ QUICK_RUN = ("alexnet-jax train --limit-train 2048 --limit-test 256 --epochs 2 -
              "--lr 0.05 --workdir runs/quick")
 
 
+class CpuEstimate:
+    """Times a run's first ESTIMATE_AFTER steps, then says once how long the rest takes."""
+
+    ESTIMATE_AFTER = 5  # steps timed (fewer when the run has fewer)
+
+    def __init__(self, start_step: int, total_steps: int, batch_size: int):
+        self.at = min(start_step + self.ESTIMATE_AFTER, total_steps)
+        self.total_steps, self.batch_size, self.seconds = total_steps, batch_size, []
+
+    def add(self, seconds: float, global_step: int) -> str | None:
+        """Record a step; at the estimate's step, the estimate line."""
+        if len(self.seconds) < self.ESTIMATE_AFTER:
+            self.seconds.append(seconds)
+        if global_step != self.at:
+            return None
+        return cpu_estimate(typical_step_seconds(self.seconds), self.batch_size,
+                            self.total_steps - global_step, self.total_steps)
+
+
 def typical_step_seconds(seconds: list[float]) -> float:
     """The median step after the first: the first steps after compiling fault their memory in,
     and single steps on a shared CPU move by up to 1.7x (benchmarks/NOTES.md)."""
