@@ -11,6 +11,7 @@ from conftest import d2l_images, rel_err
 from jax import lax
 
 from alexnet_jax import AlexNet, init_params
+from alexnet_jax.kernels import patches
 from alexnet_jax.kernels.conv import NHWC, WINOGRAD_MIN_BATCH, conv_general_dilated, winograd_tile
 from alexnet_jax.kernels.pool import max_pool
 
@@ -105,6 +106,46 @@ def test_winograd_float32_error_on_real_activations(name, trunk_inputs, report):
         report(f"{name} {what} float32 F({m}x{m},{k}x{k}), real activations", err, 1e-5)
         report(f"{name} {what} float32 XLA's conv, same inputs", xla_err)
         assert err < 1e-5, (what, err, xla_err)
+
+
+def test_conv1_kernel_grad_float32_error_on_real_images(trunk_inputs, report):
+    """conv1's kernel gradient (one matmul over the space-to-depth patches) in float32 on
+    real images against float64 XLA, beside XLA's own float32 error on the same inputs."""
+    _, _, _, k, stride, pad = LAYERS["conv1"]
+    params, inputs = trunk_inputs
+    x = inputs["conv1"]
+    with jax.enable_x64(True):
+        w = jnp.asarray(params["conv1"]["kernel"], jnp.float64)
+        out = (x.shape[1] + 2 * pad - k) // stride + 1
+        g = jax.random.normal(jax.random.key(2), (x.shape[0], out, out, w.shape[-1]),
+                              jnp.float64)
+        exact = conv_value_and_grads(lax.conv_general_dilated, x, w, g, stride, pad)[2]
+    f32 = [a.astype(jnp.float32) for a in (x, w, g)]
+    ours = conv_value_and_grads(conv_general_dilated, *f32, stride, pad)[2]
+    xla = conv_value_and_grads(lax.conv_general_dilated, *f32, stride, pad)[2]
+    err, xla_err = rel_err(ours, exact), rel_err(xla, exact)
+    report("conv1 kernel grad float32 patch matmul, real images", err, 1e-5)
+    report("conv1 kernel grad float32 XLA's conv, same inputs", xla_err)
+    assert err < 1e-5, (err, xla_err)
+
+
+@pytest.mark.parametrize(("size", "c_in", "k", "stride", "pad"),
+                         [(23, 3, 5, 2, 2), (20, 1, 4, 4, 0), (17, 2, 3, 1, 1), (31, 1, 11, 4, 1)])
+def test_patch_kernel_grad_equals_xla(size, c_in, k, stride, pad):
+    """float64: the patch-matmul kernel gradient of few-channel convs is XLA's, for kernels
+    that do and do not fill whole stride x stride blocks and windows that do and do not
+    reach the padded input's last rows."""
+    kx, kw, kg = jax.random.split(jax.random.key(size), 3)
+    out = (size + 2 * pad - k) // stride + 1
+    with jax.enable_x64(True):
+        x = jax.random.normal(kx, (2, size, size + 1, c_in), jnp.float64)
+        w = jax.random.normal(kw, (k, k, c_in, 5), jnp.float64)
+        g = jax.random.normal(kg, (2, out, (size + 1 + 2 * pad - k) // stride + 1, 5),
+                              jnp.float64)
+        dw = patches.kernel_grad(x, g, w.shape, (stride, stride), ((pad, pad), (pad, pad)))
+        _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
+            x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC), w)
+        assert rel_err(dw, vjp(g)[0]) < 1e-12
 
 
 @pytest.mark.torch

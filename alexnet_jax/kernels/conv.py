@@ -5,7 +5,7 @@ than oneDNN's), and its kernel gradient (the backward-filter conv) several times
 On CPU, chosen per backend with `lax.platform_dependent`: the stride-1 convs (conv2-5) run by
 Winograd's minimal filtering (`winograd.py`: the forward pass keeps its transformed input, from
 which the backward pass takes both gradients through the transforms), and conv1's kernel
-gradient (11x11, stride 4) as one matmul over its stacked taps.
+gradient (11x11, stride 4) as one matmul over its patches (`patches.py`).
 GPUs and TPUs keep XLA's convolutions, where cuDNN and the TPU compiler pick their own
 algorithms. Figures: benchmarks/NOTES.md.
 """
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import winograd
+from . import patches, winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 FEW_CHANNELS = 8  # below this many input channels the taps share one matmul
@@ -119,25 +119,20 @@ def kernel_grad_matmuls(x, g, *, kernel, strides=(1, 1), padding, precision=None
     tap (i, j) times g.
 
     Many input channels (conv2-5): one (B*H*W x C_in)^T @ (B*H*W x C_out) matmul per tap.
-    Few (conv1's one): a per-tap product would be a matrix-vector product, so the taps are
-    stacked into one (taps*C_in x B*H*W) @ (B*H*W x C_out) matmul instead."""
+    Few (conv1's one): a per-tap product would be a matrix-vector product, so all taps go
+    into one matmul over the patch matrix (`patches.py`)."""
+    c_in = x.shape[-1]
+    if c_in < FEW_CHANNELS:
+        return patches.kernel_grad(x, g, kernel, strides, padding, precision)
     kh, kw = kernel[:2]
     sh, sw = strides
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     b, h, w, c_out = g.shape
-    c_in = x.shape[-1]
     g2 = g.reshape(b * h * w, c_out)  # 2-D operands: faster than a 4-D einsum (NOTES.md)
     out_type = jnp.promote_types(g.dtype, jnp.float32)
 
     def window(i, j):  # the inputs tap (i, j) meets, one row per output position
         return xp[:, i:i + sh * (h - 1) + 1:sh, j:j + sw * (w - 1) + 1:sw, :].reshape(-1, c_in)
-
-    if c_in < FEW_CHANNELS:
-        taps = jnp.stack([window(i, j) for i in range(kh) for j in range(kw)])
-        taps = jnp.moveaxis(taps, 2, 1).reshape(kh * kw * c_in, b * h * w)
-        dw = lax.dot_general(taps, g2, (((1,), (0,)), ((), ())), precision=precision,
-                             preferred_element_type=out_type)
-        return dw.reshape(kh, kw, c_in, c_out)
 
     def tap(i, j):
         return lax.dot_general(window(i, j), g2, (((0,), (0,)), ((), ())),
