@@ -109,12 +109,13 @@ def _untile_matmul(t: np.ndarray, prod, precision=None):
 
 def _grad_tiles(gp, at: np.ndarray, precision=None):
     """A g A^T for every m x m tile of gp (NHWC, whole tiles): (a*a, tiles, channels), the
-    order `_tiles` makes, as one matmul with kron(A, A) (a*a x m*m) over g's tiles; the
-    tiles do not overlap, so they are a transpose of g (conv2 at batch 128: 68 against
-    133 ms as two stages alone, measured)."""
+    order `_tiles` makes, as one matmul with kron(A, A) (a*a x m*m) over g's tiles (they do
+    not overlap: a reordering of g). conv2 at batch 128: 68 against 133 ms as two stages
+    alone, measured."""
     m, a = at.shape
-    b, h, w, c = gp.shape
-    tiles = gp.reshape(b, h // m, m, w // m, m, c).transpose(4, 2, 0, 1, 3, 5)  # col, row
+    c = gp.shape[-1]
+    # (col, row) of each tile: a stack of strided slices, twice as fast as XLA's transpose
+    tiles = jnp.stack([gp[:, i::m, j::m] for j in range(m) for i in range(m)])
     z = lax.dot_general(jnp.asarray(np.kron(at.T, at.T), gp.dtype), tiles.reshape(m * m, -1),
                         (((1,), (0,)), ((), ())), precision=precision)
     return z.reshape(a * a, -1, c)
