@@ -85,22 +85,12 @@ def _tiles(x, t: np.ndarray, step: int, count: tuple[int, int]):
     return both.reshape(t.shape[0] ** 2, -1, x.shape[-1])
 
 
-def _untile(at: np.ndarray, prod):
-    """A^T M A for every tile, M of shape (a, a, ...): shape (m, m, ...), the second axis
-    the tile's row (the order `_tiles` makes). Both stages are materialised: fused into its
-    consumer (a max-pool's gradient reads each value up to four times), the second stage
-    would be recomputed for each read (pool1's gradient fusion: 148 ms instead of 54 ms at
-    batch 128, measured)."""
-    rows = _stacked(at, [prod[:, k] for k in range(at.shape[1])])  # (m, a, ...)
-    return _stacked(at, [rows[:, k] for k in range(at.shape[1])])
-
-
 def _untile_matmul(t: np.ndarray, prod, precision=None):
-    """`_untile(t, prod)` for a product of shape (a*a, tiles, c): (n, n, tiles, c) for t of
-    shape (n, a), as one matmul with the constant kron(t, t) (n*n x a*a). One streaming
-    read of the product at matmul speed, where the two stacked stages read and write it
-    twice (conv2 at batch 128, alone: the output transform 42 against 83 ms, the input
-    gradient's 43 against 70 ms with its overlap-add, measured)."""
+    """t M t^T for every tile M of a product of shape (a*a, tiles, c): (n, n, tiles, c) for
+    t of shape (n, a), the first axis the tile's column, as one matmul with the constant
+    kron(t, t) (n*n x a*a). One streaming read of the product at matmul speed, where two
+    stacked stages read and write it twice (conv2 at batch 128, alone: the output transform
+    42 against 83 ms, the input gradient's 43 against 70 ms with its overlap-add, measured)."""
     n, a = t.shape
     y = lax.dot_general(jnp.asarray(np.kron(t, t), prod.dtype), prod.reshape(a * a, -1),
                         (((1,), (0,)), ((), ())), precision=precision)
@@ -164,7 +154,7 @@ def conv_grads(g, v, w, x_shape, padding, m: int, precision=None):
     out_type = jnp.promote_types(g.dtype, jnp.float32)
     du = lax.dot_general(v, z, (((1,), (1,)), ((0,), (0,))), precision=precision,
                          preferred_element_type=out_type)
-    dw = _untile(gm.T, du.reshape(a, a, c_in, c_out)).transpose(1, 0, 2, 3)
+    dw = _untile_matmul(gm.T, du, precision).transpose(1, 0, 2, 3)
     ut = _tiles(jnp.swapaxes(w, 2, 3).reshape(1, r, r, -1), gm, 1, (1, 1))
     dv = lax.dot_general(z, ut.reshape(a * a, c_out, c_in), (((2,), (1,)), ((0,), (0,))),
                          precision=precision)
@@ -203,11 +193,9 @@ def input_grad(g, w, padding, m: int, precision=None):
 def kernel_grad(x, g, padding, r: int, m: int, precision=None):
     """dL/dw of `conv(x, w, padding)` for an r x r kernel: sum over the batch of the
     correlation of x with g, by F(r x r, m x m) over m x m tiles of g."""
-    a = m + r - 1
     at, gt, bt = matrices(r, m)
     (p0, p1), (q0, q1) = padding
-    b, oh, ow, c_out = g.shape
-    c_in = x.shape[-1]
+    _, oh, ow, _ = g.shape
     th, tw = -(-oh // m), -(-ow // m)
     gp = jnp.pad(g, ((0, 0), (0, th * m - oh), (0, tw * m - ow), (0, 0)))
     xp = jnp.pad(x, ((0, 0), (p0, p1 + th * m - oh), (q0, q1 + tw * m - ow), (0, 0)))
@@ -216,7 +204,7 @@ def kernel_grad(x, g, padding, r: int, m: int, precision=None):
     out_type = jnp.promote_types(g.dtype, jnp.float32)
     prod = lax.dot_general(v, u, (((1,), (1,)), ((0,), (0,))), precision=precision,
                            preferred_element_type=out_type)
-    dw = _untile(at, prod.reshape(a, a, c_in, c_out))  # (col j, row i, c_in, c_out)
+    dw = _untile_matmul(at, prod, precision)  # (col j, row i, c_in, c_out)
     return dw.transpose(1, 0, 2, 3)
 
 
