@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """The `alexnet-jax` command: `main` under tcmalloc where installed (fast_malloc.py)."""
-    from .runtime.fast_malloc import preload_tcmalloc
+    """The `alexnet-jax` command: `main` under a malloc that keeps big buffers (fast_malloc.py)."""
+    from .runtime.fast_malloc import choose_allocator
 
-    preload_tcmalloc()
+    choose_allocator()
     return main()
 
 

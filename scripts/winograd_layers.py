@@ -18,7 +18,7 @@ from jax import lax
 
 from alexnet_jax.kernels import winograd
 from alexnet_jax.kernels.conv import NHWC, kernel_grad_matmuls
-from alexnet_jax.runtime.fast_malloc import loaded_allocator, preload_tcmalloc
+from alexnet_jax.runtime.fast_malloc import allocator, choose_allocator
 
 # name: (input HxW, C_in, C_out, kernel, pad) of the stride-1 convs, conv2-5
 LAYERS = {name: (size, c_in, c_out, kernel, pad)
@@ -91,7 +91,7 @@ def time_layer(name, batch, tiles, repeats, with_torch):
 
 
 def main():
-    preload_tcmalloc()  # as the `alexnet-jax` command does: big buffers kept, not re-faulted
+    choose_allocator()  # as the `alexnet-jax` command does: big buffers kept, not re-faulted
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--tiles", type=int, nargs="+", default=[2, 4, 6])
@@ -99,7 +99,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
-    print(f"{jax.devices()[0].device_kind}, malloc {loaded_allocator()}, batch "
+    print(f"{jax.devices()[0].device_kind}, malloc {allocator()}, batch "
           f"{args.batch_size}, seconds (median of "
           f"{args.repeats}); error: float32 relative to XLA's float32 at highest precision")
     print("| layer | op | kernel | s | vs XLA | error |")

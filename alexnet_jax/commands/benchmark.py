@@ -23,7 +23,7 @@ import numpy as np
 
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
-from ..runtime.fast_malloc import allocator_note, loaded_allocator
+from ..runtime.fast_malloc import allocator, allocator_note
 from ..runtime.parallel import batch_sharding, make_mesh, put_replicated
 from ..runtime.versions import package_versions
 from ..training.run_dir import build_model, write_atomic
@@ -170,7 +170,7 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
     analytic = 3 * forward_flops()
     versions = package_versions(("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"))
     result = {"device_kind": device_kind, "platform": jax.devices()[0].platform,
-              "host": platform.node(), "versions": versions, "malloc": loaded_allocator(),
+              "host": platform.node(), "versions": versions, "malloc": allocator(),
               "steps": steps, "warmup": warmup, "rows": []}
     progress = Progress("benchmark", len(batch_sizes) * len(names), unit="rows")
     for batch in batch_sizes:

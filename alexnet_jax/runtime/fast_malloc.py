@@ -1,21 +1,30 @@
-"""Run the `alexnet-jax` command under tcmalloc when the machine has it.
+"""Run the `alexnet-jax` command with a malloc that keeps the step's big buffers.
 
 Why: XLA's CPU runtime takes each step's scratch buffer (2.2 GB for d2l's batch of 128) from
 malloc, and glibc serves blocks that large with a fresh mmap and gives them back to the kernel
 on free, so every step faults all those pages in again. tcmalloc keeps them, which makes the
-CPU step markedly faster (figures in benchmarks/NOTES.md). The allocator must be chosen before the
-process starts, hence a re-exec with LD_PRELOAD, as PyTorch's CPU launcher
-(`torch.backends.xeon.run_cpu`) does. ALEXNET_JAX_MALLOC=system keeps glibc's malloc.
+CPU step markedly faster (figures in benchmarks/NOTES.md). Where tcmalloc is not installed,
+glibc's own malloc is told to do the same (`GLIBC_KEEP`: one arena, no mmap, no trimming),
+which recovers most of that speed for more peak memory. The allocator must be chosen before
+the process starts, hence a re-exec (LD_PRELOAD, or glibc's environment variables), as
+PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`) does. ALEXNET_JAX_MALLOC=system keeps
+glibc's malloc as it is.
 """
 
 from __future__ import annotations
 
 import ctypes.util
 import os
+import platform
 import sys
 
-ENV = "ALEXNET_JAX_MALLOC"  # "system": never preload; set to "tcmalloc" once preloaded
+ENV = "ALEXNET_JAX_MALLOC"  # "system": leave malloc alone; set to what the re-exec chose
 ALLOCATORS = ("tcmalloc", "jemalloc")
+GLIBC_KEPT = "glibc-kept"
+# glibc's malloc, made to keep what it frees: one arena (XLA's threads would each get their
+# own, which map big blocks afresh), never mmap (sbrk'd memory is reused), never trim.
+GLIBC_KEEP = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+              "MALLOC_TRIM_THRESHOLD_": str(1 << 46)}
 
 
 def loaded_allocator(maps: str | None = None) -> str:
@@ -32,6 +41,15 @@ def loaded_allocator(maps: str | None = None) -> str:
     return "system"
 
 
+def allocator() -> str:
+    """What this process allocates with: `loaded_allocator`'s answer, or 'glibc-kept' for
+    glibc's malloc under GLIBC_KEEP (what results record as `malloc`)."""
+    name = loaded_allocator()
+    kept = os.environ.get(ENV) == GLIBC_KEPT and all(
+        os.environ.get(k) == v for k, v in GLIBC_KEEP.items())
+    return GLIBC_KEPT if name == "system" and kept else name
+
+
 def find_tcmalloc() -> str | None:
     """The installed tcmalloc library (Debian: libtcmalloc-minimal4), or None."""
     for name in ("tcmalloc_minimal", "tcmalloc"):
@@ -41,26 +59,36 @@ def find_tcmalloc() -> str | None:
     return None
 
 
-def preload_tcmalloc() -> None:
-    """Re-execute this very command line with tcmalloc preloaded, once: on Linux, when it is
-    installed, no other allocator is loaded and ALEXNET_JAX_MALLOC is unset."""
+def choose_allocator() -> None:
+    """Re-execute this very command line once (on Linux, when ALEXNET_JAX_MALLOC is unset and
+    no other allocator is loaded): with tcmalloc preloaded where it is installed, else on
+    glibc with GLIBC_KEEP."""
     if sys.platform != "linux" or os.environ.get(ENV) or loaded_allocator() != "system":
         return
     lib = find_tcmalloc()
-    if lib is None:
+    if lib is not None:
+        preload = " ".join(p for p in (lib, os.environ.get("LD_PRELOAD", "")) if p)
+        chosen = {ENV: "tcmalloc", "LD_PRELOAD": preload}
+    elif platform.libc_ver()[0] == "glibc":
+        chosen = {ENV: GLIBC_KEPT, **GLIBC_KEEP}
+    else:
         return
-    preload = " ".join(p for p in (lib, os.environ.get("LD_PRELOAD", "")) if p)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**os.environ, ENV: "tcmalloc", "LD_PRELOAD": preload})
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **chosen})
 
 
 def allocator_note(backend: str) -> str | None:
-    """The line a CPU run on glibc's malloc prints once when tcmalloc is not installed: what
-    it costs and how to install it. None elsewhere, or when glibc's was asked for."""
+    """The line a CPU run prints once where tcmalloc is not installed: what it costs and how
+    to install it. None elsewhere, or when glibc's malloc as it is was asked for."""
     if (backend != "cpu" or sys.platform != "linux" or os.environ.get(ENV) == "system"
             or loaded_allocator() != "system" or find_tcmalloc() is not None):
         return None
-    return ("note: tcmalloc is not installed, so CPU steps run on glibc's malloc, which is "
-            "slower (measured on 2 cores at batch 128: 46.5 images/s instead of 56.5); on "
-            "Debian or Ubuntu: apt-get install libtcmalloc-minimal4")
+    kept = allocator() == GLIBC_KEPT
+    return ("note: tcmalloc is not installed, so CPU steps run on glibc's malloc"
+            + (", set to keep freed memory: about as fast, with more peak memory (measured on"
+               " 2 cores at batch 128: 60-64 images/s and 5.5-7.1 GB against tcmalloc's 64-66"
+               " and 4.1 GB)" if kept else
+               ", which is slower (measured on 2 cores at batch 128: 48-51 images/s against"
+               " tcmalloc's 64-66)")
+            + "; on Debian or Ubuntu: apt-get install libtcmalloc-minimal4")
