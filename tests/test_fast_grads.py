@@ -149,11 +149,12 @@ def test_patch_kernel_grad_equals_xla(size, c_in, k, stride, pad):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("shape", [(2, 54, 54, 96), (2, 26, 26, 256), (2, 12, 12, 256)])
+@pytest.mark.parametrize("shape", [(2, 54, 54, 96), (2, 26, 26, 256), (2, 12, 12, 256),
+                                   (2, 13, 13, 3), (2, 13, 13, 1)])
 def test_max_pool_grad_equals_xla_and_torch(shape, report):
     """Random inputs (no ties): equal to XLA's gradient. Coarsely rounded inputs (many ties
     in each window): equal to PyTorch's max_pool2d, which sends the gradient to the first
-    maximum of a window."""
+    maximum of a window. AlexNet's three pools, and channel counts that do not halve."""
     import torch
 
     kx, kg = jax.random.split(jax.random.key(shape[1]))
