@@ -87,8 +87,8 @@ def allocator_note(backend: str) -> str | None:
     kept = allocator() == GLIBC_KEPT
     return ("note: tcmalloc is not installed, so CPU steps run on glibc's malloc"
             + (", set to keep freed memory: about as fast, with more peak memory (measured on"
-               " 2 cores at batch 128: 60-64 images/s and 5.5-7.1 GB against tcmalloc's 64-66"
-               " and 4.1 GB)" if kept else
+               " 2 cores at batch 128: 60-64 images/s and 5.3-6.7 GiB against tcmalloc's 64-66"
+               " and 4.0 GiB)" if kept else
                ", which is slower (measured on 2 cores at batch 128: 48-51 images/s against"
                " tcmalloc's 64-66)")
             + "; on Debian or Ubuntu: apt-get install libtcmalloc-minimal4")
