@@ -6,7 +6,11 @@ the same (seed, epoch) they give the same examples in the same order with the sa
 
 - host: tf.data over the tfds arrays; parallel resize to 224x224 float32; prefetch; numpy out.
 - device: the uint8 split lives on the devices; each step sends only the example indices and
-  the jitted step resizes (`model_input`), so the host moves 4 bytes per image, not 200 KB.
+  a jitted gather resizes the batch there (`model_input`), so the host moves 4 bytes per
+  image, not 200 KB. The resize is its own computation, not part of the train step's: inside
+  the step it made the step 5-7% slower on a CPU (benchmarks/NOTES.md, section 30).
+
+Both deliver the model's input: (B, 224, 224, 1) float32.
 
 With several devices a batch is sharded over them; a last partial batch that they cannot share
 equally is filled up with padding examples (parallel.PAD), which the steps leave out of the loss
@@ -36,7 +40,7 @@ from ..runtime.parallel import (
 )
 from ..runtime.tf_import import import_quietly
 from .fashion_mnist import Split
-from .preprocess import IMAGE_SIZE, PIXEL_TO_FLOAT, resize_uint8_tf
+from .preprocess import IMAGE_SIZE, PIXEL_TO_FLOAT, model_input, resize_uint8_tf
 
 PIPELINES = ("device", "host")
 
@@ -54,7 +58,7 @@ def num_batches(num_examples: int, batch_size: int) -> int:
 
 @dataclass
 class Batch:
-    images: jax.Array  # what `model_input` takes, sharded over the mesh's `data` axis
+    images: jax.Array  # (B, 224, 224, 1) float32 model input, sharded over the `data` axis
     labels: jax.Array  # (B,) int32; PAD marks padding examples
     size: int  # number of real examples (the last batch of an epoch is smaller)
 
@@ -127,14 +131,16 @@ class HostPipeline(_Pipeline):
 
 
 def _gather(images, labels, indices):
+    """A batch's model input (d2l's Resize + ToTensor of the gathered uint8 images), labels."""
     real = is_real(indices)
     indices = jnp.where(real, indices, 0)
-    return images[indices], jnp.where(real, labels[indices], PAD)
+    return model_input(images[indices]), jnp.where(real, labels[indices], PAD)
 
 
 class DevicePipeline(_Pipeline):
     """The uint8 split lives on the devices, sharded over them (one copy in all, not one per
-    device); each batch is a device-side gather of its indices, delivered sharded."""
+    device); each batch is a device-side gather of its indices, resized there and delivered
+    sharded."""
 
     kind = "device"
 

@@ -123,8 +123,9 @@ def resize_uint8_tf(images, size: int = IMAGE_SIZE):
 def model_input(images):
     """Model input from what a pipeline delivers, traced inside the jitted steps.
 
-    (B, 28, 28) uint8 (device pipeline) is resized here, as d2l's Resize + ToTensor;
-    (B, 224, 224, 1) float32 (host pipeline) is already model input.
+    (B, 28, 28) uint8 is resized here, as d2l's Resize + ToTensor (the device pipeline's
+    gather calls it); (B, 224, 224, 1) float32 (what both pipelines deliver) is already
+    model input.
     """
     import jax.numpy as jnp
 
@@ -133,11 +134,11 @@ def model_input(images):
     return images
 
 
-def batch_spec(kind: str, size: int):
-    """Shapes and dtypes of a batch from pipeline `kind`, for compiling ahead of time."""
+def batch_spec(size: int):
+    """Shapes and dtypes of a pipeline's batch of `size` (model input, labels), for compiling
+    ahead of time."""
     import jax
     import jax.numpy as jnp
 
-    shape, dtype = ((size, 28, 28), jnp.uint8) if kind == "device" else \
-        ((size, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
-    return jax.ShapeDtypeStruct(shape, dtype), jax.ShapeDtypeStruct((size,), jnp.int32)
+    return (jax.ShapeDtypeStruct((size, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32),
+            jax.ShapeDtypeStruct((size,), jnp.int32))

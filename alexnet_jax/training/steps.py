@@ -147,7 +147,7 @@ def compile_steps(steps: Steps, state, metrics, pipeline):
     t0 = time.perf_counter()
     compiled = {}
     for size in sorted(pipeline.batch_sizes()):
-        images, labels = batch_spec(pipeline.kind, size)
+        images, labels = batch_spec(size)
         compiled[size] = steps.train.lower(state, images, labels, metrics).compile()
 
     def train(state, images, labels, metrics):
