@@ -121,11 +121,11 @@ def resize_uint8_tf(images, size: int = IMAGE_SIZE):
 
 
 def model_input(images):
-    """Model input from what a pipeline delivers, traced inside the jitted steps.
+    """The model's input from a batch of images, inside jit.
 
     (B, 28, 28) uint8 is resized here, as d2l's Resize + ToTensor (the device pipeline's
     gather calls it); (B, 224, 224, 1) float32 (what both pipelines deliver) is already
-    model input.
+    model input, returned as it is.
     """
     import jax.numpy as jnp
 
