@@ -265,6 +265,127 @@ def test_bad_data_dir_is_one_line(tmp_path, capsys):
     assert "t10k-labels-idx1-ubyte.gz" in err  # then the files and sums to put there
 
 
+# ---- a diverged run keeps its last finite checkpoint ----
+
+
+def assert_finite_checkpoints(workdir: Path) -> None:
+    """Every checkpoint in the work dir loads, and its parameters are finite."""
+    import jax
+    import numpy as np
+
+    for step in steps_saved(workdir):
+        params = params_of_step(workdir, step)
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params)), step
+
+
+def params_of_step(workdir: Path, step: int):
+    import jax
+
+    from alexnet_jax.training.saved_state import load_state
+
+    return jax.device_get(load_state(workdir, step)[0].params)
+
+
+@pytest.mark.slow
+def test_a_diverged_run_keeps_its_last_finite_checkpoint_and_says_so(fashion_mnist_dir,
+                                                                     tmp_path, capsys):
+    """lr 30 on 4-image batches: the loss is finite at steps 1 and 2 and NaN at step 3, with a
+    checkpoint after every step; run twice, as a user who retries would."""
+    workdir = tmp_path / "w"
+    args = train_args(workdir, fashion_mnist_dir, 2, "--lr", "30", "--checkpoint-every-steps",
+                      "1", "--keep-checkpoints", "1")
+    for attempt in range(2):
+        assert main(args) == 1
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "the run diverged: a non-finite train loss (nan) at step 3, finite through " \
+               "step 2" in err, err
+        assert "The last finite checkpoint (step 2) is kept" in err, err
+        assert steps_saved(workdir) == [2], attempt  # retention never dropped it for a NaN one
+        assert_finite_checkpoints(workdir)
+        if attempt:
+            assert "resuming from the checkpoint at step 2" in out
+    assert [p["step"] for p in run_record(workdir)] == [1, 2]  # no duplicated points
+
+
+@pytest.mark.slow
+def test_parameters_that_go_non_finite_are_never_saved(fashion_mnist_dir, tmp_path, capsys):
+    """A step that leaves NaN in the parameters while its own loss was finite (the update
+    overflowed): the save after it refuses, names the step range, and keeps the one before."""
+    import jax.numpy as jnp
+
+    from alexnet_jax.training import loop as train
+
+    real_compile = train.compile_steps
+
+    def compile_then_poison(*args):
+        step, seconds = real_compile(*args)
+        calls = []
+
+        def poisoned(*step_args):
+            state, metrics = step(*step_args)
+            calls.append(1)
+            if len(calls) == 2:
+                params = dict(state.params)
+                params["conv1"] = {**params["conv1"],
+                                   "bias": params["conv1"]["bias"].at[0].set(jnp.nan)}
+                state = state.replace(params=params)
+            return state, metrics
+
+        return poisoned, seconds
+
+    train.compile_steps = compile_then_poison
+    try:
+        code = main(train_args(tmp_path / "w", fashion_mnist_dir, 2, "--checkpoint-every-steps",
+                               "2", "--keep-checkpoints", "1"))
+    finally:
+        train.compile_steps = real_compile
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "the run diverged: NaN or infinite values in ['params']['conv1']['bias'] after " \
+           "step 2, while the train loss was finite through step 2" in err, err
+    assert "No checkpoint had been saved" in err and steps_saved(tmp_path / "w") == []
+
+
+@pytest.mark.slow
+def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(fashion_mnist_dir,
+                                                                        tmp_path, capsys):
+    """Earlier versions saved NaN states: `evaluate` names such a checkpoint diverged (not
+    corrupted) and moves nothing; `train` moves it to diverged_checkpoints/ and says what to do."""
+    import jax.numpy as jnp
+
+    from alexnet_jax.training import checkpoints
+    from alexnet_jax.training.run_dir import checkpoint_tree, empty_totals
+    from alexnet_jax.training.saved_state import load_state
+    from alexnet_jax.training.steps import empty_metrics
+
+    workdir = tmp_path / "w"
+    assert main(train_args(workdir, fashion_mnist_dir, 1)) == 0
+    state, step = load_state(workdir)
+    nan_state = state.replace(params={**state.params, "fc3": {
+        **state.params["fc3"], "kernel": state.params["fc3"]["kernel"] * jnp.nan}})
+    mngr = checkpoints.manager(workdir)
+    for s in steps_saved(workdir):  # an older version's run: every checkpoint NaN
+        (workdir / "checkpoints" / str(s)).rename(tmp_path / f"finite{s}")
+    mngr.reload()
+    checkpoints.save(mngr, step, checkpoint_tree(nan_state, empty_metrics(state),
+                                                 empty_totals()))
+    mngr.wait_until_finished()
+    mngr.close()
+    capsys.readouterr()
+    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir",
+                 str(fashion_mnist_dir)]) == 1
+    out, err = capsys.readouterr()
+    assert f"checkpoints/{step} is diverged: it holds NaN or infinite values in " \
+           "['params']['fc3']['kernel']" in out and "corrupted" not in out + err, out
+    assert steps_saved(workdir) == [step]
+    assert main(train_args(workdir, fashion_mnist_dir, 2)) == 1
+    out, err = capsys.readouterr()
+    assert "moved it to" in out and (workdir / "diverged_checkpoints" / str(step)).is_dir()
+    assert "every checkpoint" in err and "holds NaN or infinite values" in err
+    assert "--restart" in err and err.count("\n") == 1 and "corrupted" not in err
+
+
 # ---- one train per work dir; read-only commands never change a run ----
 
 

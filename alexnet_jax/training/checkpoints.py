@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+# Where `train` moves checkpoints it cannot resume from (beside checkpoints/).
+CORRUPTED, DIVERGED = "corrupted_checkpoints", "diverged_checkpoints"
 
 
 class CheckpointError(RuntimeError):
@@ -23,6 +28,11 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpoint(CheckpointError):
     """Proven damaged on disk, not merely unfit for this model or environment."""
+
+
+class DivergedCheckpoint(CheckpointError):
+    """Sound on disk but holds NaN or infinite values: saved after its run had diverged
+    (earlier versions saved such states; this one never does)."""
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -45,6 +55,20 @@ def tree_digest(tree: dict[str, Any]) -> str:
         h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+@jax.jit
+def _finite_leaves(tree):
+    """Per leaf: True when every value is finite (non-float leaves are)."""
+    return jax.tree.map(lambda x: jnp.isfinite(x).all() if jnp.issubdtype(x.dtype, jnp.inexact)
+                        else jnp.bool_(True), tree)
+
+
+def non_finite(tree) -> list[str]:
+    """Paths of the leaves of `tree` that hold a NaN or an infinity (on device, in one pass)."""
+    finite = jax.device_get(_finite_leaves(tree))
+    return [jax.tree_util.keystr(path)
+            for path, ok in jax.tree_util.tree_leaves_with_path(finite) if not ok]
 
 
 def _digest_path(mngr: ocp.CheckpointManager, step: int) -> Path:
@@ -113,11 +137,9 @@ def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any])
     if digest.is_file() and digest.read_text().strip() != tree_digest(tree):
         raise CorruptCheckpoint("its arrays do not match the SHA-256 recorded when it was saved "
                                 f"({digest})")
-    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-           if np.issubdtype(np.asarray(leaf).dtype, np.floating)
-           and not np.isfinite(np.asarray(leaf)).all()]
-    if bad:
-        raise CorruptCheckpoint(f"non-finite values in {bad[:3]}")
+    if bad := non_finite(tree):
+        raise DivergedCheckpoint(f"it holds NaN or infinite values in {', '.join(bad[:3])}: its "
+                                 "run had diverged when it was saved")
     return tree
 
 
@@ -126,10 +148,11 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
     """(step, tree) of the newest checkpoint that restores cleanly, or (None, None) if none.
 
     A checkpoint proven corrupt (unreadable bytes or metadata, a SHA-256 other than the one
-    recorded at save, non-finite values) is reported with its path and skipped; with
-    `quarantine` (only `train` asks) it is moved to corrupted_checkpoints/. With `strict`, or
-    a `step` asked for, it stops instead. A checkpoint that is sound but does not fit this
-    model or environment raises CheckpointError and is never moved: not its fault.
+    recorded at save) or diverged (NaN or infinite values) is reported with its path and
+    skipped; with `quarantine` (only `train` asks) it is moved to corrupted_checkpoints/ or
+    diverged_checkpoints/. With `strict`, or a `step` asked for, it stops instead. A
+    checkpoint that is sound but does not fit this model or environment raises
+    CheckpointError and is never moved: not its fault.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     if step is not None:
@@ -141,22 +164,27 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
         path = Path(mngr.directory) / str(s)
         try:
             return s, _restore_one(mngr, s, target)
-        except CorruptCheckpoint as err:
-            message = f"checkpoint {path} is corrupted: {err}"
+        except (CorruptCheckpoint, DivergedCheckpoint) as err:
+            diverged = isinstance(err, DivergedCheckpoint)
+            message = f"checkpoint {path} is {'diverged' if diverged else 'corrupted'}: {err}"
             if strict or step is not None:
                 raise CheckpointError(message) from err
             if quarantine:
-                message += f"; moved it to {_quarantine(mngr, path)}"
+                aside = DIVERGED if diverged else CORRUPTED
+                message += f"; moved it to {_quarantine(mngr, path, aside)}"
             print(f"warning: {message}; trying an earlier checkpoint", flush=True)
     return None, None
 
 
-def _quarantine(mngr: ocp.CheckpointManager, path: Path) -> Path:
-    """Move a corrupt checkpoint out of orbax's way, kept for inspection."""
-    aside = Path(mngr.directory).parent / "corrupted_checkpoints" / path.name
+def _quarantine(mngr: ocp.CheckpointManager, path: Path, folder: str) -> Path:
+    """Move a corrupt or diverged checkpoint out of orbax's way, kept for inspection; every
+    process of a multi-process run reloads only once process 0 has moved it."""
+    aside = Path(mngr.directory).parent / folder / path.name
     if jax.process_index() == 0:
         aside.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(aside, ignore_errors=True)
         path.rename(aside)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"alexnet-jax quarantine {path}")
     mngr.reload()
     return aside

@@ -47,6 +47,7 @@ class Run:
     out: Any
     flag: SignalFlag | None = None
     last_saved: int = 0
+    finite_through: int = 0  # the last step whose train loss was checked finite
     train_step: Any = None  # compiled ahead of time for each batch shape
     progress: Progress | None = None  # lines with an ETA where stderr is not a terminal
     estimate: CpuEstimate | None = None  # a CPU run says once how long it takes
@@ -60,10 +61,33 @@ class Run:
         return self.steps_per_epoch * self.config.epochs
 
     def save(self, step: int, state: TrainState, epoch_metrics) -> None:
+        """Start the checkpoint of `step`; a state with NaN or infinite values is never saved."""
         self.totals["wall_seconds"] = np.float64(time.perf_counter() - self.wall_start)
         tree = run_dir.checkpoint_tree(state, epoch_metrics, self.totals)
+        if bad := checkpoints.non_finite(tree):
+            self.diverged(f"NaN or infinite values in {', '.join(bad[:3])} after step {step}, "
+                          f"while the train loss was finite through step {self.finite_through}")
         checkpoints.save(self.mngr, step, tree)
         self.last_saved = step
+
+    def check_loss(self, epoch_metrics, step: int) -> None:
+        """Stop at the first step whose train loss is not finite (the running sum turns so)."""
+        loss = float(jax.device_get(epoch_metrics["loss_sum"]))
+        if not math.isfinite(loss):
+            self.diverged(f"a non-finite train loss ({loss}) at step {step}, finite through "
+                          f"step {self.finite_through}")
+        self.finite_through = step
+
+    def diverged(self, what: str) -> None:
+        """Raise RunError naming where the run went non-finite and the checkpoint kept."""
+        self.mngr.wait_until_finished()
+        kept = self.mngr.latest_step()
+        raise RunError(
+            f"the run diverged: {what}; lr {self.config.lr} is probably too large. "
+            + (f"The last finite checkpoint (step {kept}) is kept; nothing non-finite was "
+               "saved. " if kept is not None else "No checkpoint had been saved. ")
+            + "The same command would diverge the same way: start over with a smaller --lr "
+              "and --restart (the records are kept aside).")
 
 
 def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
@@ -114,14 +138,21 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
                 f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
     elif saved:
         mngr.close()
+        if all((workdir / checkpoints.DIVERGED / str(s)).is_dir() for s in saved):
+            raise RunError(f"every checkpoint in {checkpoints.checkpoint_dir(workdir)} holds NaN "
+                           f"or infinite values (moved to {checkpoints.DIVERGED}/): the run had "
+                           "diverged by its first one, so nothing was retrained; start over with "
+                           "a smaller --lr and --restart")
         raise RunError(f"every checkpoint in {checkpoints.checkpoint_dir(workdir)} is corrupted "
-                       "(moved to corrupted_checkpoints/), so nothing was retrained; run the same "
-                       "command with --restart to start this run over")
+                       "or diverged (moved to corrupted_checkpoints/ or diverged_checkpoints/), "
+                       "so nothing was retrained; run the same command with --restart to start "
+                       "this run over")
     run_dir.write_config(workdir, config, extra=provenance)
     start_step = int(state.step)
     log = run_dir.MetricsLog(workdir / "metrics.jsonl", start_step, out=out, lr=config.lr)
     run = Run(config, workdir, train_pipe, test_pipe, mngr, log, totals,
-              time.perf_counter() - float(totals["wall_seconds"]), out, last_saved=start_step)
+              time.perf_counter() - float(totals["wall_seconds"]), out, last_saved=start_step,
+              finite_through=start_step)
     return run, state, epoch_metrics
 
 
@@ -174,10 +205,11 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
         step_seconds += dt
         run.totals["train_seconds"] = run.totals["train_seconds"] + dt
         run.totals["train_examples"] = run.totals["train_examples"] + batch.size
+        global_step = epoch * run.steps_per_epoch + i + 1
+        run.check_loss(epoch_metrics, global_step)
         bar.update(1)
         if run.progress:
             run.progress.update(1)
-        global_step = epoch * run.steps_per_epoch + i + 1
         estimate = run.estimate.add(dt, global_step)
         if estimate and jax.default_backend() == "cpu":
             run.out(estimate)
@@ -232,11 +264,6 @@ def point_at(run: Run, epoch_metrics, global_step: int) -> dict:
     count = int(m["count"])
     loss = float(m["loss_sum"]) / count
     epoch, i = divmod(global_step - 1, run.steps_per_epoch)
-    if not math.isfinite(loss):
-        raise RunError(
-            f"non-finite train loss ({loss}) by step {global_step} (epoch {epoch + 1}); lr "
-            f"{run.config.lr} is probably too large. The last good checkpoint (step "
-            f"{run.last_saved}) is kept.")
     return {
         "epoch": epoch + (i + 1) / run.steps_per_epoch,
         "step": global_step,

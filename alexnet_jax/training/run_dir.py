@@ -31,7 +31,7 @@ from .steps import TrainState
 
 # What a run writes into its work dir (besides train.lock).
 RECORDS = ("config.json", "metrics.jsonl", "curves.png", "tensorboard", "checkpoints",
-           "checkpoint_digests", "corrupted_checkpoints")
+           "checkpoint_digests", "corrupted_checkpoints", "diverged_checkpoints")
 # Settings that define a run: a work dir refuses to continue with other values.
 RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes",
                 "dropout", "augment")
