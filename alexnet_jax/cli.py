@@ -13,6 +13,7 @@ import os
 import sys
 
 from .cli_parser import build_parser
+from .runtime import supervise
 
 # Each command's function (module, name), imported only when it runs: `--help` stays quick.
 COMMANDS = {
@@ -28,19 +29,29 @@ COMMANDS = {
 }
 
 
-def train_command(args: argparse.Namespace) -> None:
-    from .runtime.parallel import init_distributed
+def train_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """`train`; a process of a multi-process run trains in a child (runtime/supervise.py)."""
+    from .runtime import supervise
+    from .runtime.parallel import distributed_flags, init_distributed
+
+    many = distributed_flags(args.coordinator, args.num_processes, args.process_id,
+                             args.distributed)
+    if many and not supervise.is_child():
+        who = "this process" if args.process_id is None else \
+            f"process {args.process_id} of {args.num_processes}"
+        return supervise.train_in_child(argv, who)
     from .training.loop import train_and_evaluate
     from .training.run_dir import TrainConfig
 
     init_distributed(args.coordinator, args.num_processes, args.process_id,
                      auto=args.distributed)
     train_and_evaluate(TrainConfig.from_dict(vars(args)), restart=args.restart)
+    return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "train":
-        return train_command(args) or 0
+        return train_command(args, argv)
     module, name = COMMANDS[args.command]
     command = getattr(importlib.import_module(f".{module}", __package__), name)
     return command(args) or 0
@@ -58,22 +69,20 @@ def quiet_logs() -> None:
 def stop_if_a_process_is_gone(err: Exception) -> None:
     """Exit at once, with one line, when a peer of a multi-process run died: jax.distributed's
     shutdown would wait for it at exit (about a minute) and then abort with a C++ trace."""
-    from .runtime.parallel import lost_process
+    from .runtime.parallel import exit_lost_process, means_lost_process
 
-    line = lost_process(err)
-    if line is not None:
-        print(f"alexnet-jax: error: {line}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+    if means_lost_process(err):
+        exit_lost_process(str(err))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if not args.verbose:
         quiet_logs()
+    supervise.native_logs_aside()
     try:
-        return run(args)
+        return run(args, argv)
     except KeyboardInterrupt:
         print("alexnet-jax: interrupted", file=sys.stderr)
         return 130

@@ -9,10 +9,15 @@ no-op, so there is one train step for 1 and N devices.
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .supervise import native_log
 
 DATA_AXIS = "data"
 # Example index, and label, of the padding examples that fill a last partial batch up to a
@@ -20,9 +25,9 @@ DATA_AXIS = "data"
 PAD = -1
 
 
-def init_distributed(coordinator: str | None, num_processes: int | None,
-                     process_id: int | None, auto: bool = False) -> None:
-    """Join a multi-process run (before anything else touches JAX's devices).
+def distributed_flags(coordinator: str | None, num_processes: int | None,
+                      process_id: int | None, auto: bool = False) -> bool:
+    """True for a multi-process run; a ValueError for flags that cannot make one.
 
     Either all three of coordinator, num_processes and process_id, or `auto`: JAX then reads
     them from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU, JAX_COORDINATOR_ADDRESS).
@@ -30,7 +35,7 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
     given = {"--coordinator": coordinator, "--num-processes": num_processes,
              "--process-id": process_id}
     if not auto and all(v is None for v in given.values()):
-        return
+        return False
     missing = [k for k, v in given.items() if v is None]
     if not auto and missing:
         raise ValueError(f"a multi-process run needs --coordinator, --num-processes and "
@@ -39,25 +44,68 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
     if num_processes is not None and process_id is not None \
             and not 0 <= process_id < num_processes:
         raise ValueError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
+    return True
+
+
+# A process that sends no heartbeat for this long is dead to the coordination service, which
+# then ends every other process (JAX's default, 100 s, kept survivors waiting in a barrier).
+HEARTBEAT_TIMEOUT_SECONDS = 5
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None,
+                     process_id: int | None, auto: bool = False) -> None:
+    """Join a multi-process run (before anything else touches JAX's devices)."""
+    if not distributed_flags(coordinator, num_processes, process_id, auto):
+        return
+    # The run checkpoints on SIGTERM itself (training/stops.py): no preemption service, whose
+    # threads only add warnings when a peer dies.
+    jax.config.update("jax_enable_preemption_service", False)
+    threading.excepthook = _stop_on_lost_process(threading.excepthook)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id,
+                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
 
 
-# What a collective or the coordination service says when a peer process has gone away.
+# What a collective, the coordination service or orbax's save barriers say when a peer
+# process has gone away.
 PEER_GONE = ("gloo", "connection closed by peer", "connection reset by peer", "broken pipe",
-             "heartbeat", "unavailable", "deadline_exceeded", "socket closed")
+             "heartbeat", "unavailable", "deadline_exceeded", "socket closed",
+             "waiting for async_write_complete barrier",
+             "waiting for async_commit_complete barrier")
 
 
-def lost_process(err: BaseException) -> str | None:
-    """In a multi-process run, the one line to say when `err` means another process is
-    gone (a host died or was killed); None otherwise."""
-    if not jax.distributed.is_initialized() or not any(
-            s in str(err).lower() for s in PEER_GONE):
-        return None
-    n = jax.process_count()
-    return (f"another process of this {n}-process run is gone (process {jax.process_index()} "
-            f"saw: {str(err).splitlines()[0][:160]}). Run the same command again on all {n} "
-            "processes: the run resumes from its last checkpoint.")
+def _stop_on_lost_process(default_hook):
+    """A threading.excepthook: a lost peer seen in a background thread (orbax's save) ends
+    the process with the one line, before that thread prints a traceback."""
+
+    def hook(args):
+        if means_lost_process(args.exc_value):
+            exit_lost_process(str(args.exc_value))
+        default_hook(args)
+
+    return hook
+
+_EXITING = threading.Lock()
+
+
+def exit_lost_process(detail: str) -> None:
+    """Print the one line of a lost process and exit 1 at once (no Python or native
+    shutdown, which would wait for the dead peer)."""
+    _EXITING.acquire()  # one line, even if two threads see the loss
+    n, me = jax.process_count(), jax.process_index()
+    line = (f"alexnet-jax: error: another process of this {n}-process run is gone (process {me} "
+            f"saw: {detail.strip().splitlines()[0][:160]}). Run the same command again on all "
+            f"{n} processes: the run resumes from its last checkpoint.")
+    if (log := native_log()) is not None:
+        line += f" Native logs: {log}"
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def means_lost_process(err: BaseException) -> bool:
+    """True when `err`, in a multi-process run, means another process is gone."""
+    return jax.distributed.is_initialized() and any(s in str(err).lower() for s in PEER_GONE)
 
 
 def make_mesh() -> Mesh:

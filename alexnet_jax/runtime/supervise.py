@@ -1,0 +1,96 @@
+"""A multi-process run trains in a child process, so that a lost peer ends it with one line.
+
+When another process of the run dies, jax.distributed's client ends this one from a native
+thread: a C++ check failure and an abort (exit 134) that no Python code sees, wherever the
+main thread is (a step, orbax's save barrier, the exit). So `train` with multi-process flags
+runs the training in a child whose native stderr (gRPC, gloo, XLA logs) goes to a file, and
+turns the child's abort into the one line a user needs. jaxlib's own hook for this
+(`missed_heartbeat_callback`) cannot be used from Python: it aborts with std::bad_cast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+NATIVE_LOG = "ALEXNET_JAX_NATIVE_LOG"  # set in the child: where its native stderr goes
+# What the distributed client's fatal line says before the abort, in jaxlib 0.4-0.10.
+SERVICE_FATAL = re.compile(r"(?:Terminating process because|detected fatal errors).*?"
+                           r"(?:absl::Status: |Status: )?(?P<status>[A-Z_]+: [^\n]*)")
+
+
+def is_child() -> bool:
+    return NATIVE_LOG in os.environ
+
+
+def native_log() -> Path | None:
+    """The child's native log, or None outside a child."""
+    return Path(os.environ[NATIVE_LOG]) if is_child() else None
+
+
+def native_logs_aside() -> None:
+    """In the child: native code's stderr, and absl's log (orbax's tracebacks from its save
+    thread when a peer dies), to the file the parent chose; Python's sys.stderr (our lines,
+    the progress bar) stays on the terminal."""
+    if not is_child():
+        return
+    path = native_log()
+    terminal = os.dup(2)
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 2)
+    sys.stderr.flush()
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+    absl = logging.getLogger("absl")
+    absl.propagate = False
+    absl.addHandler(logging.FileHandler(path))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (Linux), as one host would."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def train_in_child(argv: list[str], process: str) -> int:
+    """Run `alexnet-jax argv` as a child, signals passed on; its exit code, or 1 with one
+    line on stderr when it aborted (`process`: 'process I of N' for that line)."""
+    fd, name = tempfile.mkstemp(prefix="alexnet-jax-native-", suffix=".log")
+    os.close(fd)
+    log = Path(name)
+    child = subprocess.Popen([sys.executable, "-m", "alexnet_jax", *argv],
+                             env={**os.environ, NATIVE_LOG: name},
+                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    previous = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 0:
+        log.unlink(missing_ok=True)
+        return 0
+    if code in (-signal.SIGABRT, 128 + signal.SIGABRT, -signal.SIGSEGV):
+        print(f"alexnet-jax: error: {aborted_line(log, process)}", file=sys.stderr, flush=True)
+        return 1
+    return code if code > 0 else 128 - code
+
+
+def aborted_line(log: Path, process: str) -> str:
+    """What to say of a child that aborted, from its native log."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    found = SERVICE_FATAL.search(text)
+    if found:
+        return (f"another process of this run is gone ({process} was told by jax.distributed: "
+                f"{found['status'][:160]}). Run the same command again on every process: the "
+                f"run resumes from its last checkpoint. Native logs: {log}")
+    return (f"the training process ({process}) aborted; its native logs are in {log}. Run the "
+            "same command again to resume from the last checkpoint.")
