@@ -182,3 +182,17 @@ def sigterm_after(steps: int):
 
 def assert_same_params(a, b) -> None:
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def corrupt_array_data(checkpoint: Path, how: str) -> Path:
+    """Damage the largest data file of a checkpoint: truncate it or flip bytes in it."""
+    files = [p for p in checkpoint.rglob("*") if p.is_file()]
+    target = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        for i in range(len(data) // 3, len(data) // 3 + 64):
+            data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target

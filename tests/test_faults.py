@@ -13,6 +13,7 @@ import pytest
 from conftest import (
     assert_same_params,
     assert_same_run,
+    corrupt_array_data,
     finished,
     params_of,
     run_record,
@@ -98,20 +99,6 @@ def test_sigkill_inside_a_save_falls_back_to_the_previous_checkpoint(fashion_mni
     assert f"resuming from the checkpoint at step {complete[-1]}" in main_out.stdout
 
 
-def _corrupt_array_data(checkpoint: Path, how: str) -> Path:
-    """Damage the largest data file of a checkpoint: truncate it or flip bytes in it."""
-    files = [p for p in checkpoint.rglob("*") if p.is_file()]
-    target = max(files, key=lambda p: p.stat().st_size)
-    data = bytearray(target.read_bytes())
-    if how == "truncate":
-        data = data[: len(data) // 2]
-    else:
-        for i in range(len(data) // 3, len(data) // 3 + 64):
-            data[i] ^= 0xFF
-    target.write_bytes(bytes(data))
-    return target
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_corrupted_checkpoint_is_detected(fashion_mnist_dir, tmp_path, how, capsys):
@@ -120,7 +107,7 @@ def test_corrupted_checkpoint_is_detected(fashion_mnist_dir, tmp_path, how, caps
     assert main(train_args(workdir, fashion_mnist_dir, 2, "--checkpoint-every-steps", "1")) == 0
     good = params_of(workdir)
     latest = steps_saved(workdir)[-1]
-    _corrupt_array_data(workdir / "checkpoints" / str(latest), how)
+    corrupt_array_data(workdir / "checkpoints" / str(latest), how)
     capsys.readouterr()
     # read-only: reports it, falls back, moves nothing
     assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
@@ -144,7 +131,7 @@ def test_corrupted_checkpoint_is_detected(fashion_mnist_dir, tmp_path, how, caps
         return
     # every checkpoint bad: stop and say how to start over, instead of retraining silently
     for step in steps_saved(workdir):
-        _corrupt_array_data(workdir / "checkpoints" / str(step), how)
+        corrupt_array_data(workdir / "checkpoints" / str(step), how)
     capsys.readouterr()
     assert main(train_args(workdir, fashion_mnist_dir, 2)) == 1
     err = capsys.readouterr().err

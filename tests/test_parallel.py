@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import corrupt_array_data, rel_err
 
 from alexnet_jax.cli import main
 from alexnet_jax.runtime.parallel import check_batch_size, make_mesh, pad_indices, put_replicated
@@ -44,12 +44,12 @@ def worker(prefix, config: dict, epochs="1", devices=1, distributed=()) -> subpr
 
 def finish(proc: subprocess.Popen, timeout: float) -> str:
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        output, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 0, f"{output}\n{err or ''}"
     return output
 
 
@@ -259,7 +259,9 @@ def test_a_lost_process_ends_the_survivor_with_one_line_and_the_run_resumes(
     """A host dies: process 1 while the last checkpoint is being written (the survivor waits
     in orbax's barrier), or process 0, the coordinator, in a step. The survivor stops within
     10 s with one line that says so and how to resume, exit 1, no trace (native logs go to a
-    file); the same commands then finish the run, with each metrics step once."""
+    file); the same commands then finish the run, with each metrics step once. After the
+    coordinator's loss the newest checkpoint is also corrupted: process 0 moves it aside and
+    both fall back to the one before, in step."""
     import signal
     import threading
 
@@ -272,7 +274,7 @@ def test_a_lost_process_ends_the_survivor_with_one_line_and_the_run_resumes(
     def read_stdout():
         for line in procs[0].stdout:
             lines.append(line)
-            if line.startswith("epoch 0.40 step 4/"):
+            if line.startswith("epoch 0.60 step 6/"):
                 seen.set()
 
     def final_save():
@@ -302,10 +304,17 @@ def test_a_lost_process_ends_the_survivor_with_one_line_and_the_run_resumes(
                                                    "this "), err
     assert "Run the same command again on" in err and "Native logs: " in err, err
     assert took <= 10, took
+    saved = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    if moment == "step":  # and the newest checkpoint rotten: both processes set it aside
+        corrupt_array_data(ckpt / str(saved[-1]), "flip")
     port = free_port()
     resumed = [lost_process_run(workdir, fashion_mnist_dir, port, i) for i in range(2)]
     outputs = [finish(p, 300) for p in resumed]
-    assert "resuming from the checkpoint at step" in outputs[0]
+    start = saved[-2] if moment == "step" else saved[-1]
+    assert f"resuming from the checkpoint at step {start} " in outputs[0], outputs[0]
+    if moment == "step":
+        assert all(f"checkpoints/{saved[-1]} is corrupted" in out for out in outputs)
+        assert (workdir / "corrupted_checkpoints" / str(saved[-1])).is_dir()
     assert not any("tmp" in p.name for p in ckpt.iterdir())  # the partial one is gone
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())[-1] == 10
     steps = [json.loads(line)["step"] for line in
