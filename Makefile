@@ -30,9 +30,22 @@ DATA_ARG := $(if $(FASHION_MNIST_DIR),--manual-dir $(FASHION_MNIST_DIR))
 train: $(VENV)/.installed-train
 	$(BIN)/alexnet-jax train $(ARGS)
 
-test: $(VENV)/.installed-test
+# libtpu (Linux only), for the test that compiles the steps for a TPU slice without one: in a
+# folder of its own, so that it loads only into that test's child process (in the venv it
+# would slow every JAX start by a second). The version is the one jax[tpu] pins.
+TPU_AOT_DIR ?= .tpu-aot
+TPU_AOT := $(if $(filter Linux,$(shell uname -s)),$(TPU_AOT_DIR)/.installed)
+LIBTPU_PIN = $$($(BIN)/python -c "import importlib.metadata as m; print(next(r.split(';')[0] \
+	for r in m.requires('jax') if r.startswith('libtpu')))")
+
+test: $(VENV)/.installed-test $(TPU_AOT)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(PYTEST)
+	$(if $(TPU_AOT),ALEXNET_JAX_TPU_AOT_DIR=$(abspath $(TPU_AOT_DIR))) \
+		$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(PYTEST)
+
+$(TPU_AOT_DIR)/.installed: pyproject.toml | $(VENV)/.installed-test
+	$(BIN)/pip install -q --no-deps --upgrade --target $(TPU_AOT_DIR) "$(LIBTPU_PIN)"
+	touch $@
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST)

@@ -1,5 +1,5 @@
 """`alexnet-jax`: train, evaluate, predict, convert, plot, show-batch, download, compare-torch,
-summary, benchmark.
+summary, benchmark, aot.
 
 Exit codes: 0 success, 2 usage errors (argparse), 1 runtime errors, 128+N when stopped by
 signal N. Errors are one line on stderr; `--debug` shows the traceback.
@@ -23,6 +23,7 @@ COMMANDS = {
     "plot": ("commands.plot", "plot_command"),
     "show-batch": ("commands.show_batch", "show_batch_command"),
     "benchmark": ("commands.benchmark", "main"),
+    "aot": ("commands.aot", "aot_command"),
     "summary": ("commands.summary", "summary_command"),
     "download": ("data.download", "download_command"),
     "compare-torch": ("d2l.compare", "compare_command"),

@@ -60,6 +60,8 @@ EXAMPLES = {
       --seeds 0 1 2 3 4 --out runs/fidelity          # the spread over seeds""",
     "summary": """alexnet-jax summary
   alexnet-jax summary --image-size 193""",
+    "aot": """alexnet-jax aot --topology v5e:2x2 v6e:2x2 --batch-size 128 1024
+  alexnet-jax aot --topology v4:2x2x1 --batch-size 256 --dtype bfloat16 --out tpu/v4""",
     "benchmark": """alexnet-jax benchmark --batch-size 32 128 --steps 5
   alexnet-jax benchmark --batch-size 128 --variants jax-f32-default torch-eager \\
       --profile traces""",
@@ -212,4 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time d2l's epoch end to end (pipeline and steps) on the first N "
                    "train images with each pipeline (0: all 60,000)")
     _add_data_args(b)
+
+    a = command(sub, "aot", "the steps compiled for a TPU slice without one: FLOPs, HBM, a "
+                "roofline (needs libtpu: pip install 'alexnet-jax[tpu]')")
+    a.add_argument("--topology", nargs="+", default=["v5e:2x2"],
+                   help="TPU topologies: v4, v5e, v5p or v6e, with their chip grid (v5e:2x2, "
+                   "v6e:4x4, v4:2x2x1, v5p:2x2x1)")
+    a.add_argument("--batch-size", type=positive(int), nargs="+", default=[128, 1024],
+                   help="global batch sizes; two or more also estimate the largest that fits")
+    a.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"],
+                   default=["float32", "bfloat16"], help="the model's compute dtypes")
+    a.add_argument("--out", metavar="PATH",
+                   help="also write the report to PATH.md and every figure to PATH.json")
     return parser

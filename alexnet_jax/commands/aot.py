@@ -1,0 +1,234 @@
+"""`alexnet-jax aot`: d2l's train and eval steps compiled for a TPU slice that is not here.
+
+XLA compiles for a named TPU topology without a TPU (libtpu from the package registry:
+`pip install 'alexnet-jax[tpu]'`). Per chip, the compiled programs' own figures: FLOPs and
+bytes (XLA's cost analysis), HBM for arguments, outputs and temporaries (its memory analysis),
+and a roofline time from each chip's published peak. Every figure is compiled, not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Chip:
+    """A TPU generation's published per-chip figures."""
+
+    name: str
+    peak_flops: float  # bf16 matrix-unit peak, FLOP/s
+    hbm_bytes: float
+    hbm_bandwidth: float  # bytes/s
+    source: str
+
+
+# Google Cloud's TPU system architecture pages (retrieved 2026-12): peak bf16 compute per
+# chip, HBM capacity and HBM bandwidth per chip.
+CHIPS = {
+    "v4": Chip("TPU v4", 275e12, 32 * GIB, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip("TPU v5e", 197e12, 16 * GIB, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip("TPU v5p", 459e12, 95 * GIB, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip("TPU v6e", 918e12, 32 * GIB, 1640e9, "https://cloud.google.com/tpu/docs/v6e"),
+}
+
+
+def chip_of(topology: str) -> Chip:
+    """The chip of a topology name such as v5e:2x2 or v4:2x2x1."""
+    generation = topology.split(":")[0].lower().replace("litepod", "e").replace("lite", "e")
+    if generation not in CHIPS:
+        raise ValueError(f"unknown TPU topology {topology!r}: use one of "
+                         f"{', '.join(f'{g}:AxB' for g in CHIPS)} (v4 and v5p: AxBxC), "
+                         "e.g. v5e:2x2")
+    return CHIPS[generation]
+
+
+def quiet_libtpu() -> None:
+    """libtpu looks for a TPU VM's metadata when it loads and logs pages without one; on a
+    machine with no TPU, say what it would ask for (none of it changes what is compiled)."""
+    if not Path("/dev/accel0").exists() and not Path("/dev/vfio").exists():
+        for key, value in {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+                           "TPU_ACCELERATOR_TYPE": "v5litepod-1"}.items():
+            os.environ.setdefault(key, value)
+
+
+def tpu_devices(topology: str):
+    """The compile-only devices of a TPU topology; a clear error without libtpu."""
+    quiet_libtpu()
+    from jax.experimental import topologies
+
+    try:
+        return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    except Exception as err:  # no libtpu, or a name libtpu does not know
+        hint = ("; install libtpu: pip install 'alexnet-jax[tpu]'"
+                if "libtpu" in str(err).lower() or "tpu" not in _plugins() else "")
+        raise ValueError(f"cannot make TPU topology {topology!r}: "
+                         f"{str(err).splitlines()[0][:200]}{hint}") from None
+
+
+def _plugins() -> str:
+    import importlib.util
+
+    return "tpu" if importlib.util.find_spec("libtpu") else ""
+
+
+def abstract_inputs(mesh, dtype: str, batch: int):
+    """(state, images, labels, metrics) as sharded ShapeDtypeStructs: nothing is allocated."""
+    import jax
+
+    from ..data.preprocess import batch_spec
+    from ..runtime.parallel import batch_sharding, replicated
+    from ..training.run_dir import build_model
+    from ..training.steps import create_train_state, empty_metrics
+
+    model = build_model(dtype)
+    state = jax.eval_shape(lambda: create_train_state(model, 0, 0.01))
+    metrics = jax.eval_shape(lambda: empty_metrics(create_train_state(model, 0, 0.01)))
+    repl, data = replicated(mesh), batch_sharding(mesh)
+
+    def on(sharding):
+        return lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding)
+
+    images, labels = batch_spec(batch)
+    return (jax.tree.map(on(repl), state), on(data)(images), on(data)(labels),
+            jax.tree.map(on(repl), metrics))
+
+
+def compiled_figures(compiled, chip: Chip, batch: int, chips: int) -> dict:
+    """Per chip: XLA's FLOPs and bytes, HBM use, and the roofline time and images/s."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    mem = compiled.memory_analysis()
+    flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    hbm = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+    seconds = max(flops / chip.peak_flops, nbytes / chip.hbm_bandwidth)
+    return {"gflop": flops / 1e9, "gbytes": nbytes / 1e9,
+            "arguments_gib": mem.argument_size_in_bytes / GIB,
+            "temporaries_gib": mem.temp_size_in_bytes / GIB, "hbm_gib": hbm / GIB,
+            "hbm_fraction": hbm / chip.hbm_bytes,
+            "bound": "compute" if flops / chip.peak_flops >= nbytes / chip.hbm_bandwidth
+            else "memory",
+            "roofline_ms": seconds * 1e3,
+            "roofline_images_per_sec": batch / seconds if seconds else math.inf,
+            "per_chip_batch": batch // chips}
+
+
+def compile_steps_for(topology: str, batch: int, dtype: str) -> dict:
+    """Compile the train and eval steps for `topology` at global batch `batch`."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from ..runtime.parallel import DATA_AXIS, check_batch_size
+    from ..training.steps import jit_steps
+
+    chip, devices = chip_of(topology), tpu_devices(topology)
+    check_batch_size(batch, len(devices))
+    mesh = Mesh(np.asarray(devices), (DATA_AXIS,))
+    steps = jit_steps(mesh)
+    state, images, labels, metrics = abstract_inputs(mesh, dtype, batch)
+    row = {"topology": topology, "chip": chip.name, "chips": len(devices), "batch": batch,
+           "dtype": dtype, "jax": jax.__version__}
+    for name, step in (("train", steps.train), ("eval", steps.eval)):
+        t0 = time.perf_counter()
+        compiled = step.lower(state, images, labels, metrics).compile()
+        row[name] = compiled_figures(compiled, chip, batch, len(devices))
+        row[name]["compile_seconds"] = time.perf_counter() - t0
+        if name == "train":
+            row["hlo_convolutions"] = compiled.as_text().count(" convolution(")
+    return row
+
+
+def largest_batch(rows: list[dict]) -> int | None:
+    """The largest global batch whose train step fits in a chip's HBM, by a line through the
+    train step's HBM at the smallest and largest batch compiled (rounded down to a multiple
+    of 8 per chip); None with one batch size, or when HBM did not grow with the batch."""
+    rows = sorted(rows, key=lambda r: r["batch"])
+    if rows[0]["batch"] == rows[-1]["batch"]:
+        return None
+    (b0, m0), (b1, m1) = [(r["batch"], r["train"]["hbm_gib"]) for r in (rows[0], rows[-1])]
+    per_image = (m1 - m0) / (b1 - b0)
+    capacity = rows[0]["train"]["hbm_gib"] / rows[0]["train"]["hbm_fraction"]
+    chips = rows[0]["chips"]
+    if per_image <= 0:
+        return None
+    per_chip = int((capacity - (m0 - per_image * b0)) / per_image / chips) // 8 * 8
+    return per_chip * chips
+
+
+def table(rows: list[dict], fits: dict) -> str:
+    """A Markdown table of the rows, train step first."""
+    lines = ["| topology | dtype | batch | step | GFLOP/chip | GB/chip | HBM GiB/chip (args, "
+             "temps) | of HBM | bound | roofline ms | roofline img/s | compile s |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        for name in ("train", "eval"):
+            f = r[name]
+            lines.append(
+                f"| {r['topology']} | {r['dtype']} | {r['batch']} | {name} | {f['gflop']:.1f} | "
+                f"{f['gbytes']:.2f} | {f['hbm_gib']:.2f} ({f['arguments_gib']:.2f}, "
+                f"{f['temporaries_gib']:.2f}) | {f['hbm_fraction']:.1%} | {f['bound']} | "
+                f"{f['roofline_ms']:.2f} | {f['roofline_images_per_sec']:,.0f} | "
+                f"{f['compile_seconds']:.0f} |")
+    lines.append("")
+    for (topology, dtype), batch in fits.items():
+        chips = next(r["chips"] for r in rows if r["topology"] == topology)
+        lines.append(f"- {topology} {dtype}: the largest train batch that fits in HBM is "
+                     + ("not estimated (it needs two batch sizes whose HBM differs)"
+                        if batch is None else
+                        f"about {batch:,} ({batch // chips:,} per chip), estimated linearly "
+                        "from the compiled batches' HBM"))
+    return "\n".join(lines)
+
+
+def command_line(args) -> str:
+    return (f"alexnet-jax aot --topology {' '.join(args.topology)} --batch-size "
+            f"{' '.join(map(str, args.batch_size))} --dtype {' '.join(args.dtype)}")
+
+
+def aot_command(args) -> int:
+    """Compile for each topology, batch and dtype; print and write the report."""
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices; run nothing
+    rows, fits = [], {}
+    for topology in args.topology:
+        for dtype in args.dtype:
+            done = []
+            for batch in args.batch_size:
+                row = compile_steps_for(topology, batch, dtype)
+                t = row["train"]
+                print(f"{topology} {dtype} batch {batch}: train step {t['gflop']:.1f} GFLOP and "
+                      f"{t['gbytes']:.2f} GB per chip, {t['hbm_gib']:.2f} GiB of "
+                      f"{row['chip']}'s HBM; roofline {t['roofline_images_per_sec']:,.0f} "
+                      f"images/s (compiled, not measured; {t['compile_seconds']:.0f} s to "
+                      "compile)", flush=True)
+                done.append(row)
+            rows += done
+            fits[(topology, dtype)] = largest_batch(done)
+    report = table(rows, fits)
+    sources = sorted({f"{c.name}: {c.source}" for c in map(chip_of, args.topology)})
+    note = ("Compiled, not measured: XLA's cost and memory analysis of the programs "
+            f"compiled for each topology (jax {jax.__version__}), and a roofline time, max(FLOPs "
+            "/ peak, bytes / HBM bandwidth), from each chip's published figures ("
+            + "; ".join(sources) + "). float32 runs its matmuls and convolutions at XLA's default "
+            "TPU precision (bfloat16 passes), so both dtypes use the bfloat16 peak.")
+    print("\n" + report + "\n\n" + note)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(f"# AlexNet steps compiled for TPUs\n\n{note}\n\n"
+                                          f"Command: `{command_line(args)}`\n\n"
+                                          f"{report}\n")
+        out.with_suffix(".json").write_text(json.dumps(
+            {"rows": rows, "largest_batch": {f"{t} {d}": b for (t, d), b in fits.items()},
+             "chips": {k: asdict(v) for k, v in CHIPS.items()}}, indent=2) + "\n")
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0

@@ -1,0 +1,68 @@
+"""The train and eval steps compiled for a TPU slice without one (libtpu's compile-only devices).
+
+libtpu comes from ALEXNET_JAX_TPU_AOT_DIR (a folder `pip install --target` filled: `make test`
+does) or from this environment; without either the test skips, saying so. It runs in a child
+process, so that libtpu never loads into this one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def libtpu_env() -> dict:
+    folder = os.environ.get("ALEXNET_JAX_TPU_AOT_DIR")
+    if folder:
+        if not (Path(folder) / "libtpu").is_dir():
+            pytest.fail(f"ALEXNET_JAX_TPU_AOT_DIR={folder} holds no libtpu")
+        path = os.pathsep.join(p for p in (folder, os.environ.get("PYTHONPATH")) if p)
+        return {**os.environ, "PYTHONPATH": path}
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("no libtpu: set ALEXNET_JAX_TPU_AOT_DIR, or pip install "
+                    "'alexnet-jax[tpu]' in a separate environment")
+    return dict(os.environ)
+
+
+def xla_convolutions_on_cpu(batch: int) -> int:
+    """The CPU program of the same train step: its convolutions, for contrast."""
+    import jax
+    from jax.sharding import Mesh
+
+    from alexnet_jax.commands.aot import abstract_inputs
+    from alexnet_jax.runtime.parallel import DATA_AXIS
+    from alexnet_jax.training.steps import jit_steps
+
+    mesh = Mesh(jax.devices()[:1], (DATA_AXIS,))
+    args = abstract_inputs(mesh, "float32", batch)
+    return jit_steps(mesh).train.lower(*args).compile().as_text().count(" convolution(")
+
+
+@pytest.mark.slow
+def test_train_step_compiles_for_a_four_chip_tpu_slice_with_xla_convolutions(tmp_path, report):
+    out = tmp_path / "v5e"
+    done = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax", "aot", "--topology", "v5e:2x2", "--batch-size",
+         "8", "--dtype", "float32", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, env=libtpu_env())
+    assert done.returncode == 0, done.stderr
+    assert "compiled, not measured" in done.stdout
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert (row["chips"], row["batch"], row["train"]["per_chip_batch"]) == (4, 8, 2)
+    assert row["chip"] == "TPU v5e"
+    # XLA's own convolutions on the TPU (5 forward, 4 input and 5 kernel gradients, some
+    # split by XLA's TPU passes: 23 in jax 0.10.2); the CPU program has Winograd and patch
+    # GEMMs for conv2-5 instead (9 there).
+    cpu = xla_convolutions_on_cpu(8)
+    report("TPU v5e:2x2 train step: XLA convolutions", row["hlo_convolutions"])
+    report("the same step for the CPU: XLA convolutions", cpu)
+    assert row["hlo_convolutions"] >= 14 and cpu < 14, (row["hlo_convolutions"], cpu)
+    train = row["train"]
+    assert train["gflop"] > 0 and 0 < train["hbm_fraction"] < 1
+    assert train["roofline_ms"] > 0 and train["bound"] in ("compute", "memory")
