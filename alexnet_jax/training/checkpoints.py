@@ -176,6 +176,18 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
     return None, None
 
 
+def none_usable(workdir: Path, saved: list[int]) -> str:
+    """What to say when every one of the `saved` checkpoints was moved aside."""
+    where = checkpoint_dir(workdir)
+    if all((Path(workdir) / DIVERGED / str(s)).is_dir() for s in saved):
+        return (f"every checkpoint in {where} holds NaN or infinite values (moved to {DIVERGED}/):"
+                " the run had diverged by its first one, so nothing was retrained; start over "
+                "with a smaller --lr and --restart")
+    return (f"every checkpoint in {where} is corrupted or diverged (moved to {CORRUPTED}/ or "
+            f"{DIVERGED}/), so nothing was retrained; run the same command with --restart to "
+            "start this run over")
+
+
 def _quarantine(mngr: ocp.CheckpointManager, path: Path, folder: str) -> Path:
     """Move a corrupt or diverged checkpoint out of orbax's way, kept for inspection; every
     process of a multi-process run reloads only once process 0 has moved it."""

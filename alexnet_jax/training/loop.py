@@ -26,10 +26,10 @@ from ..observe.progress import Progress
 from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from . import checkpoints, run_dir
 from . import lock as workdir_lock
-from .report import CpuEstimate, closing_report, compiled_lines, progress_line
+from .report import CpuEstimate, closing_report, compiled_lines, metrics_point, progress_line
 from .run_dir import RunError, TrainConfig
 from .steps import TrainState, compile_steps, create_train_state, empty_metrics, evaluate, jit_steps
-from .stops import Interrupted, SignalFlag
+from .stops import Interrupted, SignalFlag, diverged_message
 
 
 @dataclass
@@ -79,15 +79,8 @@ class Run:
         self.finite_through = step
 
     def diverged(self, what: str) -> None:
-        """Raise RunError naming where the run went non-finite and the checkpoint kept."""
         self.mngr.wait_until_finished()
-        kept = self.mngr.latest_step()
-        raise RunError(
-            f"the run diverged: {what}; lr {self.config.lr} is probably too large. "
-            + (f"The last finite checkpoint (step {kept}) is kept; nothing non-finite was "
-               "saved. " if kept is not None else "No checkpoint had been saved. ")
-            + "The same command would diverge the same way: start over with a smaller --lr "
-              "and --restart (the records are kept aside).")
+        raise RunError(diverged_message(what, self.config.lr, self.mngr.latest_step()))
 
 
 def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
@@ -138,15 +131,7 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
                 f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
     elif saved:
         mngr.close()
-        if all((workdir / checkpoints.DIVERGED / str(s)).is_dir() for s in saved):
-            raise RunError(f"every checkpoint in {checkpoints.checkpoint_dir(workdir)} holds NaN "
-                           f"or infinite values (moved to {checkpoints.DIVERGED}/): the run had "
-                           "diverged by its first one, so nothing was retrained; start over with "
-                           "a smaller --lr and --restart")
-        raise RunError(f"every checkpoint in {checkpoints.checkpoint_dir(workdir)} is corrupted "
-                       "or diverged (moved to corrupted_checkpoints/ or diverged_checkpoints/), "
-                       "so nothing was retrained; run the same command with --restart to start "
-                       "this run over")
+        raise RunError(checkpoints.none_usable(workdir, saved))
     run_dir.write_config(workdir, config, extra=provenance)
     start_step = int(state.step)
     log = run_dir.MetricsLog(workdir / "metrics.jsonl", start_step, out=out, lr=config.lr)
@@ -215,7 +200,8 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
             run.out(estimate)
         last = i + 1 == run.steps_per_epoch
         if (i + 1) % log_every == 0 or last:
-            point = point_at(run, epoch_metrics, global_step)
+            point = metrics_point(epoch_metrics, global_step, run.steps_per_epoch, run.totals,
+                                  run.wall_start)
             bar.set_postfix(loss=f"{point['train_loss']:.3f}", acc=f"{point['train_acc']:.3f}",
                             img_s=f"{batch.size / max(dt, 1e-9):.0f}")
             if not last:
@@ -245,7 +231,8 @@ def end_epoch(run: Run, state, epoch_metrics, epoch: int, step_seconds: float | 
     Returns the emptied metric sums for the next epoch.
     """
     test = evaluate(state, run.test_pipe)
-    point = point_at(run, epoch_metrics, (epoch + 1) * run.steps_per_epoch)
+    point = metrics_point(epoch_metrics, (epoch + 1) * run.steps_per_epoch,
+                          run.steps_per_epoch, run.totals, run.wall_start)
     count = int(jax.device_get(epoch_metrics)["count"])
     point.update(test_acc=test["acc"], test_loss=test["loss"],
                  epoch_examples_per_sec=None if step_seconds is None else count / step_seconds)
@@ -256,21 +243,3 @@ def end_epoch(run: Run, state, epoch_metrics, epoch: int, step_seconds: float | 
     if is_primary():
         plot_curves(run.log.points, run.workdir / "curves.png", run.config.epochs)
     return epoch_metrics
-
-
-def point_at(run: Run, epoch_metrics, global_step: int) -> dict:
-    """A metrics point: d2l's running train loss and accuracy so far in this epoch."""
-    m = jax.device_get(epoch_metrics)
-    count = int(m["count"])
-    loss = float(m["loss_sum"]) / count
-    epoch, i = divmod(global_step - 1, run.steps_per_epoch)
-    return {
-        "epoch": epoch + (i + 1) / run.steps_per_epoch,
-        "step": global_step,
-        "train_loss": loss,
-        "train_acc": int(m["correct"]) / count,
-        "test_acc": None,
-        "examples_per_sec": float(run.totals["train_examples"])
-        / float(run.totals["train_seconds"]),
-        "wall_seconds": time.perf_counter() - run.wall_start,
-    }

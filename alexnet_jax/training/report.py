@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 import jax
 
@@ -10,6 +11,23 @@ from ..observe.progress import duration
 from ..runtime.fast_malloc import allocator_note
 from ..runtime.parallel import device_name
 from .run_dir import MetricsLog, RunError
+
+
+def metrics_point(epoch_metrics, global_step: int, steps_per_epoch: int, totals: dict,
+                  wall_start: float) -> dict:
+    """A metrics point: d2l's running train loss and accuracy so far in this epoch."""
+    m = jax.device_get(epoch_metrics)
+    count = int(m["count"])
+    epoch, i = divmod(global_step - 1, steps_per_epoch)
+    return {
+        "epoch": epoch + (i + 1) / steps_per_epoch,
+        "step": global_step,
+        "train_loss": float(m["loss_sum"]) / count,
+        "train_acc": int(m["correct"]) / count,
+        "test_acc": None,
+        "examples_per_sec": float(totals["train_examples"]) / float(totals["train_seconds"]),
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
 
 
 def progress_line(point: dict, total_steps: int) -> str:

@@ -1,4 +1,5 @@
-"""How a run stops on purpose: SIGTERM/SIGINT become a flag the loop checks after each step."""
+"""How a run stops: SIGTERM/SIGINT become a flag the loop checks after each step; a diverged
+run says where it went non-finite."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ class SignalFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def diverged_message(what: str, lr: float, kept: int | None) -> str:
+    """The error of a diverged run: where it went non-finite, the checkpoint kept, what to do."""
+    return (f"the run diverged: {what}; lr {lr} is probably too large. "
+            + (f"The last finite checkpoint (step {kept}) is kept; nothing non-finite was "
+               "saved. " if kept is not None else "No checkpoint had been saved. ")
+            + "The same command would diverge the same way: start over with a smaller --lr "
+              "and --restart (the records are kept aside).")
