@@ -1,9 +1,12 @@
-"""`alexnet-jax aot`: d2l's train and eval steps compiled for a TPU slice that is not here.
+"""`alexnet-jax aot`: d2l's train and eval steps compiled for a TPU slice or a GPU not here.
 
 XLA compiles for a named TPU topology without a TPU (libtpu from the package registry:
-`pip install 'alexnet-jax[tpu]'`). Per chip, the compiled programs' own figures: FLOPs and
-bytes (XLA's cost analysis), HBM for arguments, outputs and temporaries (its memory analysis),
-and a roofline time from each chip's published peak. Every figure is compiled, not measured.
+`pip install 'alexnet-jax[tpu]'`), and for an NVIDIA H100 or H200 without a GPU (jax's CUDA
+plugin, `jax-cuda13-plugin` and `jax-cuda13-pjrt`, with a target description in place of the
+device, and CUDA's ptxas). Per chip, the compiled programs' own figures: FLOPs and bytes (XLA's
+cost analysis; the GPU compile gives none, so there the model's analytic FLOPs), HBM for
+arguments, outputs and temporaries (its memory analysis), and a roofline time from each chip's
+published peak. Every figure is compiled, not measured.
 """
 
 from __future__ import annotations
@@ -12,40 +15,36 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-GIB = 2**30
+from ..observe.chips import CHIPS, GIB, Chip
 
+GPUS = ("h100", "h200")  # the GPUs XLA is told of below
+TPUS = ("v4", "v5e", "v5p", "v6e")
 
-@dataclass(frozen=True)
-class Chip:
-    """A TPU generation's published per-chip figures."""
-
-    name: str
-    peak_flops: float  # bf16 matrix-unit peak, FLOP/s
-    hbm_bytes: float
-    hbm_bandwidth: float  # bytes/s
-    source: str
-
-
-# Google Cloud's TPU system architecture pages (retrieved 2026-12): peak bf16 compute per
-# chip, HBM capacity and HBM bandwidth per chip.
-CHIPS = {
-    "v4": Chip("TPU v4", 275e12, 32 * GIB, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
-    "v5e": Chip("TPU v5e", 197e12, 16 * GIB, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("TPU v5p", 459e12, 95 * GIB, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("TPU v6e", 918e12, 32 * GIB, 1640e9, "https://cloud.google.com/tpu/docs/v6e"),
-}
+# What XLA's GPU compiler needs to know of a Hopper GPU it cannot see (GpuTargetConfigProto).
+HOPPER_TARGET = """gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: {bandwidth} l2_cache_size: 52428800
+  clock_rate_ghz: 1.98 device_memory_size: {memory} shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 }} registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA" dnn_version_info {{ major: 9 minor: 8 }}
+runtime_version {{ major: 13 minor: 0 }} device_description_str: "{name}"
+"""
 
 
 def chip_of(topology: str) -> Chip:
-    """The chip of a topology name such as v5e:2x2 or v4:2x2x1."""
+    """The chip of a topology name such as v5e:2x2, v4:2x2x1 or h200."""
     generation = topology.split(":")[0].lower().replace("litepod", "e").replace("lite", "e")
-    if generation not in CHIPS:
-        raise ValueError(f"unknown TPU topology {topology!r}: use one of "
-                         f"{', '.join(f'{g}:AxB' for g in CHIPS)} (v4 and v5p: AxBxC), "
-                         "e.g. v5e:2x2")
+    if generation not in GPUS + TPUS:
+        raise ValueError(f"unknown topology {topology!r}: use a TPU slice, "
+                         f"{', '.join(f'{g}:AxB' for g in TPUS)} (v4 and v5p: AxBxC), "
+                         "e.g. v5e:2x2, or a GPU: h100, h200")
     return CHIPS[generation]
 
 
@@ -56,6 +55,28 @@ def quiet_libtpu() -> None:
         for key, value in {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
                            "TPU_ACCELERATOR_TYPE": "v5litepod-1"}.items():
             os.environ.setdefault(key, value)
+
+
+def gpu_devices(gpu: str):
+    """One compile-only NVIDIA GPU; a clear error without jax's CUDA plugin."""
+    chip = CHIPS[gpu.lower()]
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # a GPU here would be used instead
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no cuDNN needed to compile
+    from jax.experimental import topologies
+
+    target = HOPPER_TARGET.format(bandwidth=int(chip.hbm_bandwidth),
+                                  memory=int(chip.hbm_bytes), name=chip.name)
+    try:
+        return topologies.get_topology_desc(platform="cuda", target_config=target,
+                                            topology="1x1x1").devices
+    except Exception as err:
+        raise ValueError(f"cannot describe {chip.name} to XLA: {str(err).splitlines()[0][:200]};"
+                         " install jax's CUDA plugin: pip install jax-cuda13-plugin "
+                         "jax-cuda13-pjrt (CUDA's ptxas must be on PATH)") from None
+
+
+def devices_of(topology: str):
+    return gpu_devices(topology) if topology.lower() in GPUS else tpu_devices(topology)
 
 
 def tpu_devices(topology: str):
@@ -100,21 +121,32 @@ def abstract_inputs(mesh, dtype: str, batch: int):
             jax.tree.map(on(repl), metrics))
 
 
-def compiled_figures(compiled, chip: Chip, batch: int, chips: int) -> dict:
-    """Per chip: XLA's FLOPs and bytes, HBM use, and the roofline time and images/s."""
-    cost = compiled.cost_analysis()
+def compiled_figures(compiled, chip: Chip, batch: int, chips: int, dtype: str,
+                     passes: int) -> dict:
+    """Per chip: XLA's FLOPs and bytes, HBM use, and the roofline time and images/s.
+
+    Where XLA gives no cost (its GPU compile), FLOPs are the model's analytic count (`passes`
+    times the forward pass: 3 for a train step, 1 for eval) and the roofline is compute only.
+    """
+    from .summary import forward_flops
+
+    cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list) else cost
     mem = compiled.memory_analysis()
     flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    analytic = not flops
+    if analytic:
+        flops = passes * forward_flops() * batch / chips
+    peak = chip.f32_default_flops if dtype == "float32" else chip.bf16_flops
     hbm = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
-    seconds = max(flops / chip.peak_flops, nbytes / chip.hbm_bandwidth)
-    return {"gflop": flops / 1e9, "gbytes": nbytes / 1e9,
+    seconds = max(flops / peak, nbytes / chip.hbm_bandwidth)
+    return {"gflop": flops / 1e9, "flops_source": "analytic" if analytic else "xla",
+            "gbytes": nbytes / 1e9,
             "arguments_gib": mem.argument_size_in_bytes / GIB,
             "temporaries_gib": mem.temp_size_in_bytes / GIB, "hbm_gib": hbm / GIB,
             "hbm_fraction": hbm / chip.hbm_bytes,
-            "bound": "compute" if flops / chip.peak_flops >= nbytes / chip.hbm_bandwidth
-            else "memory",
+            "bound": "compute" if flops / peak >= nbytes / chip.hbm_bandwidth else "memory",
             "roofline_ms": seconds * 1e3,
             "roofline_images_per_sec": batch / seconds if seconds else math.inf,
             "per_chip_batch": batch // chips}
@@ -129,17 +161,17 @@ def compile_steps_for(topology: str, batch: int, dtype: str) -> dict:
     from ..runtime.parallel import DATA_AXIS, check_batch_size
     from ..training.steps import jit_steps
 
-    chip, devices = chip_of(topology), tpu_devices(topology)
+    chip, devices = chip_of(topology), devices_of(topology)
     check_batch_size(batch, len(devices))
     mesh = Mesh(np.asarray(devices), (DATA_AXIS,))
     steps = jit_steps(mesh)
     state, images, labels, metrics = abstract_inputs(mesh, dtype, batch)
     row = {"topology": topology, "chip": chip.name, "chips": len(devices), "batch": batch,
            "dtype": dtype, "jax": jax.__version__}
-    for name, step in (("train", steps.train), ("eval", steps.eval)):
+    for name, step, passes in (("train", steps.train, 3), ("eval", steps.eval, 1)):
         t0 = time.perf_counter()
         compiled = step.lower(state, images, labels, metrics).compile()
-        row[name] = compiled_figures(compiled, chip, batch, len(devices))
+        row[name] = compiled_figures(compiled, chip, batch, len(devices), dtype, passes)
         row[name]["compile_seconds"] = time.perf_counter() - t0
         if name == "train":
             row["hlo_convolutions"] = compiled.as_text().count(" convolution(")
@@ -172,8 +204,10 @@ def table(rows: list[dict], fits: dict) -> str:
         for name in ("train", "eval"):
             f = r[name]
             lines.append(
-                f"| {r['topology']} | {r['dtype']} | {r['batch']} | {name} | {f['gflop']:.1f} | "
-                f"{f['gbytes']:.2f} | {f['hbm_gib']:.2f} ({f['arguments_gib']:.2f}, "
+                f"| {r['topology']} | {r['dtype']} | {r['batch']} | {name} | {f['gflop']:.1f}"
+                f"{'*' if f['flops_source'] == 'analytic' else ''} | "
+                f"{'n/a' if f['flops_source'] == 'analytic' else format(f['gbytes'], '.2f')} | "
+                f"{f['hbm_gib']:.2f} ({f['arguments_gib']:.2f}, "
                 f"{f['temporaries_gib']:.2f}) | {f['hbm_fraction']:.1%} | {f['bound']} | "
                 f"{f['roofline_ms']:.2f} | {f['roofline_images_per_sec']:,.0f} | "
                 f"{f['compile_seconds']:.0f} |")
@@ -218,8 +252,11 @@ def aot_command(args) -> int:
     note = ("Compiled, not measured: XLA's cost and memory analysis of the programs "
             f"compiled for each topology (jax {jax.__version__}), and a roofline time, max(FLOPs "
             "/ peak, bytes / HBM bandwidth), from each chip's published figures ("
-            + "; ".join(sources) + "). float32 runs its matmuls and convolutions at XLA's default "
-            "TPU precision (bfloat16 passes), so both dtypes use the bfloat16 peak.")
+            + "; ".join(sources) + "). float32 runs at XLA's default precision: bfloat16 "
+            "passes on a TPU (its bfloat16 peak), TF32 on an NVIDIA GPU (its TF32 peak). XLA's "
+            "GPU compile reports no cost: there GFLOP (marked *) are the model's analytic count "
+            "(a train step 3 forward passes) and bytes are unknown, so the roofline is compute "
+            "only, an upper bound on images/s.")
     print("\n" + report + "\n\n" + note)
     if args.out:
         out = Path(args.out)
@@ -229,6 +266,6 @@ def aot_command(args) -> int:
                                           f"{report}\n")
         out.with_suffix(".json").write_text(json.dumps(
             {"rows": rows, "largest_batch": {f"{t} {d}": b for (t, d), b in fits.items()},
-             "chips": {k: asdict(v) for k, v in CHIPS.items()}}, indent=2) + "\n")
+             "chips": {t: asdict(chip_of(t)) for t in args.topology}}, indent=2) + "\n")
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ..observe.chips import chip_by_kind
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
 from ..runtime.fast_malloc import allocator, allocator_note
@@ -31,15 +32,6 @@ from ..training.steps import compile_steps, create_train_state, empty_metrics, j
 from .benchmark_table import markdown
 from .summary import forward_flops
 
-# Dense peak TFLOP/s per chip by device_kind substring, (float32 without TF32, bfloat16): NVIDIA
-# datasheets (H100/H200 SXM, A100, V100 FP16, L4) and Google Cloud TPU system architecture
-# pages (TPUs run float32 matmuls as bf16 passes: no float32 peak).
-PEAK_TFLOPS = {
-    "H200": (67.0, 989.0), "H100": (67.0, 989.0), "A100": (19.5, 312.0),
-    "V100": (15.7, 125.0), "L4": (30.3, 121.0),
-    "TPU v4": (None, 275.0), "TPU v5 lite": (None, 197.0), "TPU v5e": (None, 197.0),
-    "TPU v5p": (None, 459.0), "TPU v6": (None, 918.0),
-}
 JAX_VARIANTS = {  # name: (--dtype, matmul precision, --augment)
     "jax-f32-default": ("float32", "default", False),
     "jax-f32-highest": ("float32", "highest", False),
@@ -49,8 +41,9 @@ JAX_VARIANTS = {  # name: (--dtype, matmul precision, --augment)
 
 
 def peak_flops(device_kind: str, bf16: bool) -> float | None:
-    peaks = [p[bf16] for key, p in PEAK_TFLOPS.items() if key.lower() in device_kind.lower()]
-    return peaks[0] * 1e12 if peaks and peaks[0] is not None else None
+    """The chip's dense peak (float32 without TF32, or bfloat16), for MFU; None if unknown."""
+    chip = chip_by_kind(device_kind)
+    return None if chip is None else chip.bf16_flops if bf16 else chip.f32_flops
 
 
 def summarize(times: list[float], batch: int) -> dict:
