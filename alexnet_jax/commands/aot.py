@@ -261,7 +261,7 @@ def aot_command(args) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(f"# AlexNet steps compiled for TPUs\n\n{note}\n\n"
+        out.with_suffix(".md").write_text(f"# AlexNet steps compiled ahead of time\n\n{note}\n\n"
                                           f"Command: `{command_line(args)}`\n\n"
                                           f"{report}\n")
         out.with_suffix(".json").write_text(json.dumps(
