@@ -329,3 +329,37 @@ def wait_until(predicate, timeout: float, poll: float) -> bool:
             return True
         time.sleep(poll)
     return False
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resumes(fashion_mnist_dir,
+                                                                        tmp_path):
+    """A scheduler stops one host (SIGTERM): the processes agree at the next step, save that
+    step together and exit 143, each with one line; the same commands finish the run."""
+    import signal
+
+    workdir = tmp_path / "run"
+    port = free_port()
+    procs = [lost_process_run(workdir, fashion_mnist_dir, port, i) for i in range(2)]
+    metrics = workdir / "metrics.jsonl"
+    try:
+        assert wait_until(lambda: metrics.is_file() and metrics.read_text().strip(), 300, 0.01)
+        procs[1].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [143, 143], errs
+    steps = {err.split("stopped by SIGTERM at step ")[1].split()[0] for err in errs}
+    assert len(steps) == 1 and all(err.count("\n") == 1 for err in errs), errs
+    stop = int(steps.pop())
+    assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) \
+        == stop
+    port = free_port()
+    outputs = [finish(p, 300) for p in
+               [lost_process_run(workdir, fashion_mnist_dir, port, i) for i in range(2)]]
+    assert f"resuming from the checkpoint at step {stop} " in outputs[0]
+    points = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert points == sorted(set(points)) and points[-1] == 10, points

@@ -166,7 +166,7 @@ def train_epochs(run: Run, state, epoch_metrics):
                                                             first)
                 epoch_metrics = end_epoch(run, state, epoch_metrics, epoch,
                                           seconds if first == 0 else None)
-                if run.flag.signum is not None and epoch + 1 < run.config.epochs:
+                if run.flag.agreed() and epoch + 1 < run.config.epochs:
                     stop(run)  # at an epoch's end, after its test accuracy and checkpoint
     finally:
         run.mngr.wait_until_finished()
@@ -209,9 +209,10 @@ def train_epoch(run: Run, state, epoch_metrics, epoch: int, first: int):
                 if not tty:
                     run.out(progress_line(point, run.total_steps))
         every = run.config.checkpoint_every_steps
-        if not last and (run.flag.signum is not None or (every and global_step % every == 0)):
+        stopping = not last and run.flag.agreed()
+        if stopping or (not last and every and global_step % every == 0):
             run.save(global_step, state, epoch_metrics)
-        if not last and run.flag.signum is not None:
+        if stopping:
             stop(run)  # at an epoch's last step, end_epoch comes first
     bar.close()
     return state, epoch_metrics, step_seconds

@@ -6,6 +6,10 @@ from __future__ import annotations
 import contextlib
 import signal
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 
 class Interrupted(RuntimeError):
     """Stopped by a signal after checkpointing; exits 128 + the signal number."""
@@ -30,6 +34,17 @@ class SignalFlag:
 
     def _handle(self, signum, frame):
         self.signum = signum
+
+    def agreed(self) -> bool:
+        """Whether to stop now. In a multi-process run a signal reaches each process at its
+        own step (a scheduler signals them all, or one): they exchange what they got, so that
+        all save the same step and stop together."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        got = int(np.max(multihost_utils.process_allgather(np.int32(self.signum or 0))))
+        if got and self.signum is None:  # another process's signal
+            self.signum = got
+        return bool(got)  # one that lands during the exchange counts at the next
 
     @property
     def name(self) -> str:
