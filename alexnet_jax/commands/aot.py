@@ -11,6 +11,7 @@ published peak. Every figure is compiled, not measured.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -18,25 +19,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..observe.chips import CHIPS, GIB, Chip
+from ..observe.chips import CHIPS, GIB, Chip, hopper_target
 
 GPUS = ("h100", "h200")  # the GPUs XLA is told of below
 TPUS = ("v4", "v5e", "v5p", "v6e")
-
-# What XLA's GPU compiler needs to know of a Hopper GPU it cannot see (GpuTargetConfigProto).
-HOPPER_TARGET = """gpu_device_info {{
-  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
-  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
-  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
-  block_dim_limit_z: 65535 memory_bandwidth: {bandwidth} l2_cache_size: 52428800
-  clock_rate_ghz: 1.98 device_memory_size: {memory} shared_memory_per_block_optin: 232448
-  cuda_compute_capability {{ major: 9 }} registers_per_core_limit: 65536
-  registers_per_block_limit: 65536
-}}
-platform_name: "CUDA" dnn_version_info {{ major: 9 minor: 8 }}
-runtime_version {{ major: 13 minor: 0 }} device_description_str: "{name}"
-"""
-
 
 def chip_of(topology: str) -> Chip:
     """The chip of a topology name such as v5e:2x2, v4:2x2x1 or h200."""
@@ -64,8 +50,7 @@ def gpu_devices(gpu: str):
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no cuDNN needed to compile
     from jax.experimental import topologies
 
-    target = HOPPER_TARGET.format(bandwidth=int(chip.hbm_bandwidth),
-                                  memory=int(chip.hbm_bytes), name=chip.name)
+    target = hopper_target(chip)
     try:
         return topologies.get_topology_desc(platform="cuda", target_config=target,
                                             topology="1x1x1").devices
@@ -88,15 +73,9 @@ def tpu_devices(topology: str):
         return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
     except Exception as err:  # no libtpu, or a name libtpu does not know
         hint = ("; install libtpu: pip install 'alexnet-jax[tpu]'"
-                if "libtpu" in str(err).lower() or "tpu" not in _plugins() else "")
+                if importlib.util.find_spec("libtpu") is None else "")
         raise ValueError(f"cannot make TPU topology {topology!r}: "
                          f"{str(err).splitlines()[0][:200]}{hint}") from None
-
-
-def _plugins() -> str:
-    import importlib.util
-
-    return "tpu" if importlib.util.find_spec("libtpu") else ""
 
 
 def abstract_inputs(mesh, dtype: str, batch: int):

@@ -49,3 +49,24 @@ def chip_by_kind(device_kind: str) -> Chip | None:
     """The chip whose name jax's device_kind contains, if it is in the table."""
     return next((c for c in CHIPS.values()
                  if any(k.lower() in device_kind.lower() for k in c.kinds)), None)
+
+
+# What XLA's GPU compiler needs to know of a Hopper GPU it cannot see (GpuTargetConfigProto).
+HOPPER_TARGET = """gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: {bandwidth} l2_cache_size: 52428800
+  clock_rate_ghz: 1.98 device_memory_size: {memory} shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 }} registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA" dnn_version_info {{ major: 9 minor: 8 }}
+runtime_version {{ major: 13 minor: 0 }} device_description_str: "{name}"
+"""
+
+
+def hopper_target(chip: Chip) -> str:
+    """The target description of a Hopper GPU (H100, H200) for XLA's deviceless compile."""
+    return HOPPER_TARGET.format(bandwidth=int(chip.hbm_bandwidth), memory=int(chip.hbm_bytes),
+                                name=chip.name)
