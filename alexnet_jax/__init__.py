@@ -2,41 +2,40 @@
 
 The model and its d2l init, the train state with the pure train and eval steps, the data in
 d2l's preprocessing, and the weights between this model and d2l's PyTorch `nn.Sequential`.
+Each name imports its module (and so JAX) on first use, so the `alexnet-jax` command answers
+`--help` and usage errors without loading JAX.
 """
 
-from .d2l.torch_weights import params_from_torch, params_to_torch
-from .data.fashion_mnist import CLASS_NAMES, Split, load_split
-from .data.input_pipeline import make_pipeline
-from .data.preprocess import model_input
-from .model import AlexNet, init_params
-from .training.run_dir import build_model
-from .training.steps import (
-    TrainState,
-    create_train_state,
-    cross_entropy,
-    empty_metrics,
-    eval_step,
-    evaluate,
-    train_step,
-)
+import importlib
 
-__all__ = [
-    "CLASS_NAMES",
-    "AlexNet",
-    "Split",
-    "TrainState",
-    "build_model",
-    "create_train_state",
-    "cross_entropy",
-    "empty_metrics",
-    "eval_step",
-    "evaluate",
-    "init_params",
-    "load_split",
-    "make_pipeline",
-    "model_input",
-    "params_from_torch",
-    "params_to_torch",
-    "train_step",
-]
+# Name -> the module that defines it.
+_WHERE = {
+    "params_from_torch": "d2l.torch_weights",
+    "params_to_torch": "d2l.torch_weights",
+    "CLASS_NAMES": "data.fashion_mnist",
+    "Split": "data.fashion_mnist",
+    "load_split": "data.fashion_mnist",
+    "make_pipeline": "data.input_pipeline",
+    "model_input": "data.preprocess",
+    "AlexNet": "model",
+    "init_params": "model",
+    "TrainConfig": "config",
+    "build_model": "training.run_dir",
+    **{name: "training.steps" for name in (
+        "TrainState", "create_train_state", "cross_entropy", "empty_metrics", "eval_step",
+        "evaluate", "train_step")},
+}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'alexnet_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_WHERE})

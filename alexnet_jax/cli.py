@@ -13,8 +13,12 @@ import os
 import sys
 
 from .cli_parser import build_parser
+from .config import TrainConfig
 from .runtime import supervise
+from .runtime.fast_malloc import choose_allocator, runs_on_cpu
 
+# The commands that run train or eval steps (on a CPU they re-execute under fast_malloc).
+STEP_COMMANDS = {"train", "evaluate", "predict", "benchmark", "compare-torch"}
 # Each command's function (module, name), imported only when it runs: `--help` stays quick.
 COMMANDS = {
     "evaluate": ("commands.evaluate", "evaluate_command"),
@@ -32,7 +36,6 @@ COMMANDS = {
 
 def train_command(args: argparse.Namespace, argv: list[str]) -> int:
     """`train`; a process of a multi-process run trains in a child (runtime/supervise.py)."""
-    from .runtime import supervise
     from .runtime.parallel import distributed_flags, init_distributed
 
     many = distributed_flags(args.coordinator, args.num_processes, args.process_id,
@@ -42,7 +45,6 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
             f"process {args.process_id} of {args.num_processes}"
         return supervise.train_in_child(argv, who)
     from .training.loop import train_and_evaluate
-    from .training.run_dir import TrainConfig
 
     init_distributed(args.coordinator, args.num_processes, args.process_id,
                      auto=args.distributed)
@@ -76,9 +78,10 @@ def stop_if_a_process_is_gone(err: Exception) -> None:
         exit_lost_process(str(err))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    """Run one command line (`args`: that line already parsed); returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv) if args is None else args
     if not args.verbose:
         quiet_logs()
     supervise.native_logs_aside()
@@ -98,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """The `alexnet-jax` command: `main` under a malloc that keeps big buffers (fast_malloc.py)."""
-    from .runtime.fast_malloc import choose_allocator
-
-    choose_allocator()
-    return main()
+    """The `alexnet-jax` command. The line is parsed before anything heavy is imported (help
+    and usage errors come at once); a command that runs steps on a CPU first re-executes under
+    a malloc that keeps big buffers (runtime/fast_malloc.py)."""
+    args = build_parser().parse_args(sys.argv[1:])
+    if args.command in STEP_COMMANDS and runs_on_cpu():
+        choose_allocator()
+    return main(sys.argv[1:], args)
 
 
 if __name__ == "__main__":
     sys.exit(entry())
-

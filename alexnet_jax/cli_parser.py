@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .observe.profiling import step_range
+from .config import D2L, DTYPE_NAMES, IMAGE_SIZE, PIPELINES, SOURCES
 
 DESCRIPTION = "d2l's AlexNet on Fashion-MNIST in JAX/Flax."
 
@@ -24,6 +24,18 @@ def positive(kind: type):
         return value
 
     return parse
+
+
+def step_range(text: str) -> tuple[int, int]:
+    """argparse type for A:B, the first and last (1-based) global steps to trace."""
+    try:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B, two step numbers, got {text!r}") \
+            from None
+    if not 1 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 1 <= A <= B in A:B, got {text}")
+    return first, last
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -54,9 +66,9 @@ EXAMPLES = {
     "download": """alexnet-jax download
   alexnet-jax download --dir /data/fashion-mnist   # then --manual-dir /data/fashion-mnist""",
     "compare-torch": """alexnet-jax compare-torch                          # ~2 min on a CPU
-  alexnet-jax compare-torch --dtype float64 --dropout 0 --limit-train 256 --batch-size 32 \
+  alexnet-jax compare-torch --dtype float64 --dropout 0 --limit-train 256 --batch-size 32 \\
       --out runs/exact                               # the curves coincide
-  alexnet-jax compare-torch --epochs 2 --limit-train 4000 --limit-test 10000 \
+  alexnet-jax compare-torch --epochs 2 --limit-train 4000 --limit-test 10000 \\
       --seeds 0 1 2 3 4 --out runs/fidelity          # the spread over seeds""",
     "summary": """alexnet-jax summary
   alexnet-jax summary --image-size 193""",
@@ -78,7 +90,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manual-dir", help="folder with the four Fashion-MNIST release files; "
                    "unset: $FASHION_MNIST_DIR or ~/.cache/alexnet-jax/fashion-mnist, "
                    "downloaded on first use")
-    p.add_argument("--source", choices=("auto", "tfds", "idx"), default="auto",
+    p.add_argument("--source", choices=SOURCES, default=D2L.source,
                    help="tfds, the release files read directly (idx, needs no TensorFlow), "
                    "or auto: tfds when TensorFlow is installed")
 
@@ -91,27 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = command(sub, "train", "train (or resume) d2l's run; the defaults reproduce d2l")
-    t.add_argument("--workdir", default="runs/alexnet", help="where the run's records live")
-    t.add_argument("--epochs", type=positive(int), default=10, help="epochs in all")
-    t.add_argument("--batch-size", type=positive(int), default=128, help="the global batch")
-    t.add_argument("--lr", type=positive(float), default=0.01, help="SGD learning rate")
-    t.add_argument("--seed", type=int, default=0, help="init, dropout and shuffling seed")
-    t.add_argument("--pipeline", choices=("device", "host"), default="device",
+    t.add_argument("--workdir", default=D2L.workdir, help="where the run's records live")
+    t.add_argument("--epochs", type=positive(int), default=D2L.epochs, help="epochs in all")
+    t.add_argument("--batch-size", type=positive(int), default=D2L.batch_size,
+                   help="the global batch")
+    t.add_argument("--lr", type=positive(float), default=D2L.lr, help="SGD learning rate")
+    t.add_argument("--seed", type=int, default=D2L.seed, help="init, dropout and shuffling seed")
+    t.add_argument("--pipeline", choices=PIPELINES, default=D2L.pipeline,
                    help="device: resize on the accelerator (fast); host: tf.data")
     _add_data_args(t)
     t.add_argument("--limit-train", type=positive(int), help="use the first N train examples")
     t.add_argument("--limit-test", type=positive(int), help="use the first N test examples")
     t.add_argument("--checkpoint-every-steps", type=positive(int),
                    help="also checkpoint every N steps (always after each epoch)")
-    t.add_argument("--keep-checkpoints", type=positive(int), default=3,
+    t.add_argument("--keep-checkpoints", type=positive(int), default=D2L.keep_checkpoints,
                    help="how many checkpoints to keep")
-    t.add_argument("--dropout", type=float, default=0.5,
+    t.add_argument("--dropout", type=float, default=D2L.dropout,
                    help="dropout rate after fc1 and fc2 (0: off, for exact comparisons)")
     t.add_argument("--augment", action="store_true",
                    help="AlexNet's data augmentation, which d2l leaves out: random "
                    "translations by up to 16 pixels, horizontal flips, brightness x (1 + "
                    "N(0, 0.1)); the test set is never augmented")
-    t.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32",
+    t.add_argument("--dtype", choices=DTYPE_NAMES, default=D2L.dtype,
                    help="computation dtype; parameters stay float32 (float64: parameters "
                    "too, for numerical checks; needs JAX_ENABLE_X64=1)")
     t.add_argument("--profile-steps", type=step_range, metavar="A:B",
@@ -133,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = command(sub, "evaluate", "test loss and accuracy of a checkpoint")
     e.add_argument("--workdir", required=True, help="the run's work dir")
     e.add_argument("--step", type=int, help="checkpoint step; unset: the latest")
-    e.add_argument("--pipeline", choices=("device", "host"), default="device",
+    e.add_argument("--pipeline", choices=PIPELINES, default=D2L.pipeline,
                    help="input pipeline")
     e.add_argument("--limit-test", type=positive(int), help="only the first N test images")
     _add_data_args(e)
@@ -165,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--augment", action="store_true", help="as `train --augment` augments it")
     s.add_argument("--step", type=int, default=0, help="the global train step whose batch "
                    "to show (its epoch's order and its augmentation key)")
-    s.add_argument("--seed", type=int, default=0, help="the run's seed (shuffling, keys)")
-    s.add_argument("--batch-size", type=positive(int), default=128, help="the run's batch")
+    s.add_argument("--seed", type=int, default=D2L.seed, help="the run's seed (shuffling, keys)")
+    s.add_argument("--batch-size", type=positive(int), default=D2L.batch_size,
+                   help="the run's batch")
     s.add_argument("--limit-train", type=positive(int), help="the run's --limit-train")
     s.add_argument("--num", type=positive(int), default=32,
                    help="show the batch's first N images (at most 100)")
@@ -189,16 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the first N train images (at least 5 batches)")
     k.add_argument("--limit-test", type=positive(int), default=1000,
                    help="the first N test images")
-    k.add_argument("--batch-size", type=positive(int), default=128, help="d2l's batch")
-    k.add_argument("--lr", type=positive(float), default=0.01, help="SGD learning rate")
-    k.add_argument("--seeds", type=int, nargs="+", default=[0], help="one pair of runs each")
-    k.add_argument("--dropout", type=float, default=0.5, help="dropout rate (0: off)")
+    k.add_argument("--batch-size", type=positive(int), default=D2L.batch_size,
+                   help="d2l's batch")
+    k.add_argument("--lr", type=positive(float), default=D2L.lr, help="SGD learning rate")
+    k.add_argument("--seeds", type=int, nargs="+", default=[D2L.seed], help="one pair of runs each")
+    k.add_argument("--dropout", type=float, default=D2L.dropout, help="dropout rate (0: off)")
     k.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="both frameworks' dtype (float64 turns on JAX's 64-bit mode)")
     _add_data_args(k)
 
     s = command(sub, "summary", "per-layer shapes, parameters and FLOPs")
-    s.add_argument("--image-size", type=positive(int), default=224, help="input height = width")
+    s.add_argument("--image-size", type=positive(int), default=IMAGE_SIZE,
+                   help="input height = width")
 
     b = command(sub, "benchmark", "training-step throughput: JAX variants and PyTorch")
     b.add_argument("--batch-size", type=positive(int), nargs="+", default=[128, 256, 512, 1024],

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .config import D2L, IMAGE_SIZE
+
 ModuleDef = Any
 
 # (name, out channels, kernel, stride, padding, followed by a 3/2 max-pool)
@@ -65,7 +67,7 @@ def check_input(x) -> None:
     sizes = f"{VALID_SIZES[0]}..{VALID_SIZES[-1]}"
     expected = (
         f"AlexNet expects NHWC images of shape (batch, H, W, {IN_CHANNELS}) with H and W in "
-        f"{sizes} (224 as in d2l), which give the {FEATURE_HW}x{FEATURE_HW}x{FEATURE_C} = "
+        f"{sizes} ({IMAGE_SIZE} as in d2l), which give the {FEATURE_HW}x{FEATURE_HW}x{FEATURE_C} = "
         f"{FEATURE_HW * FEATURE_HW * FEATURE_C} features the first dense layer needs"
     )
     if len(shape) != 4:
@@ -87,8 +89,8 @@ class AlexNet(nn.Module):
     `conv` and `pool` are stock Flax unless another kernel with their signature is injected.
     """
 
-    num_classes: int = 10
-    dropout_rate: float = 0.5
+    num_classes: int = D2L.num_classes
+    dropout_rate: float = D2L.dropout
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv: ModuleDef = nn.Conv
@@ -117,7 +119,7 @@ class AlexNet(nn.Module):
                 x = self.pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
             x = nn.relu(x)
             in_c = features
-        x = x.reshape((x.shape[0], -1))  # H, W, C order; torch_compat permutes fc1 for torch
+        x = x.reshape((x.shape[0], -1))  # H, W, C order; d2l/torch_weights.py permutes fc1
         in_f = x.shape[-1]
         for name, features in DENSE_LAYERS:
             x = self._dense(features, in_f, name)(x)
@@ -138,7 +140,7 @@ class AlexNet(nn.Module):
         )
 
 
-def init_params(model: AlexNet, key, image_size: int = 224):
+def init_params(model: AlexNet, key, image_size: int = IMAGE_SIZE):
     """Parameters for `model`, initialised as d2l's run initialises its net."""
     x = jax.ShapeDtypeStruct((1, image_size, image_size, IN_CHANNELS), model.param_dtype)
     # lazy_init runs only the initialisers, not the forward pass; jit makes them one program

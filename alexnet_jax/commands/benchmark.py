@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ..config import IMAGE_SIZE
 from ..observe.chips import chip_by_kind
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
@@ -59,7 +60,7 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -
     with jax.default_matmul_precision(precision):
         state = put_replicated(create_train_state(build_model(dtype), 0, 0.01), mesh)
         rng = np.random.default_rng(0)
-        batches = [jax.device_put((rng.random((batch, 224, 224, 1), np.float32),
+        batches = [jax.device_put((rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
                                    rng.integers(0, 10, batch).astype(np.int32)),
                                   batch_sharding(mesh)) for _ in range(4)]
         step = jit_steps(mesh, augment).train  # the step `train` runs
@@ -97,7 +98,7 @@ def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
     step = d2l_train_step(net, lr=0.01)
     step = torch.compile(step) if variant == "torch-compile" else step
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(batch, 1, 224, 224, generator=g).to(device),
+    batches = [(torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE, generator=g).to(device),
                 torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(4)]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":

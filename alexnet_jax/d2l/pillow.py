@@ -5,8 +5,10 @@ The reference for our resize (tests) and d2l's loader (compare-torch); needs Pil
 
 import numpy as np
 
+from ..config import IMAGE_SIZE
 
-def pillow_resize(images: np.ndarray, size: int = 224) -> np.ndarray:
+
+def pillow_resize(images: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """torchvision's Resize(size) on uint8 PIL images: Pillow's bilinear resample, uint8."""
     from PIL import Image
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import D2L, SOURCES
 from ..observe.progress import duration
 from ..runtime.tf_import import import_quietly, quiet_requested
 from .download import download
@@ -140,7 +141,7 @@ def tf_available() -> bool:
     return True
 
 
-def load_split(split: str, source: str = "auto", data_dir: str | None = None,
+def load_split(split: str, source: str = D2L.source, data_dir: str | None = None,
                manual_dir: str | None = None) -> Split:
     """A split from `source`: 'tfds', 'idx' (the release files read directly, TF-free) or
     'auto' (tfds when TensorFlow and tfds import). The release files come from `manual_dir`,
@@ -155,4 +156,4 @@ def load_split(split: str, source: str = "auto", data_dir: str | None = None,
         return load_tfds_split(split, data_dir=data_dir, manual_dir=manual_dir)
     if source == "idx":
         return load_idx_split(release_dir(manual_dir), split)
-    raise ValueError(f"source must be 'auto', 'tfds' or 'idx', got {source!r}")
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}")

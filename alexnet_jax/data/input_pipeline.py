@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from ..config import IMAGE_SIZE, PIPELINES
 from ..runtime.parallel import (
     PAD,
     batch_sharding,
@@ -40,9 +41,7 @@ from ..runtime.parallel import (
 )
 from ..runtime.tf_import import import_quietly
 from .fashion_mnist import Split
-from .preprocess import IMAGE_SIZE, PIXEL_TO_FLOAT, model_input, resize_uint8_tf
-
-PIPELINES = ("device", "host")
+from .preprocess import PIXEL_TO_FLOAT, model_input, resize_uint8_tf
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

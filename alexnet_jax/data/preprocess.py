@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-IMAGE_SIZE = 224  # d2l's Resize(224)
+from ..config import IMAGE_SIZE
+
 PRECISION_BITS = 32 - 8 - 2  # Pillow's PRECISION_BITS for 8-bit images
 _HALF = 1 << (PRECISION_BITS - 1)
 _SCALE = 1 << PRECISION_BITS

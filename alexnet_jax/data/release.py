@@ -34,6 +34,7 @@ GZ_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
     "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 RELEASE_URL = "https://github.com/zalandoresearch/fashion-mnist"
 
 

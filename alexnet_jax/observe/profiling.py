@@ -7,23 +7,10 @@ Profile tab) with a `perfetto_trace.json.gz` beside it for https://ui.perfetto.d
 
 from __future__ import annotations
 
-import argparse
 import atexit
 from pathlib import Path
 
 import jax
-
-
-def step_range(text: str) -> tuple[int, int]:
-    """argparse type for A:B, the first and last (1-based) global steps to trace."""
-    try:
-        first, last = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected A:B, two step numbers, got {text!r}") \
-            from None
-    if not 1 <= first <= last:
-        raise argparse.ArgumentTypeError(f"expected 1 <= A <= B in A:B, got {text}")
-    return first, last
 
 
 class StepTracer:

@@ -8,18 +8,25 @@ glibc's own malloc is told to do the same (`GLIBC_KEEP`: one arena, no mmap, no 
 which recovers most of that speed for more peak memory. The allocator must be chosen before
 the process starts, hence a re-exec (LD_PRELOAD, or glibc's environment variables), as
 PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`) does. ALEXNET_JAX_MALLOC=system keeps
-glibc's malloc as it is.
+glibc's malloc as it is. Only the commands that run steps on a CPU re-execute (`runs_on_cpu`):
+a GPU or TPU keeps its buffers on the device.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import importlib.util
 import os
 import platform
 import sys
 
 ENV = "ALEXNET_JAX_MALLOC"  # "system": leave malloc alone; set to what the re-exec chose
+# Allocators recognised when loaded: the command preloads tcmalloc; jemalloc (slower here,
+# benchmarks/NOTES.md 7) only when a user preloads it, which the command then leaves in place.
 ALLOCATORS = ("tcmalloc", "jemalloc")
+# JAX plugins whose presence means the default backend is an accelerator.
+ACCELERATOR_PLUGINS = ("jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13", "jax_plugins.xla_rocm",
+                       "libtpu")
 GLIBC_KEPT = "glibc-kept"
 # glibc's malloc, made to keep what it frees: one arena (XLA's threads would each get their
 # own, which map big blocks afresh), never mmap (sbrk'd memory is reused), never trim.
@@ -57,6 +64,21 @@ def find_tcmalloc() -> str | None:
         if found:
             return found
     return None
+
+
+def runs_on_cpu() -> bool:
+    """Whether JAX will run on the CPU, judged without importing it: JAX_PLATFORMS's first
+    platform, or else no GPU or TPU plugin installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    for name in ACCELERATOR_PLUGINS:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return False
+        except (ImportError, ValueError):
+            continue
+    return True
 
 
 def choose_allocator() -> None:

@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from ..config import D2L
+
 # Where `train` moves checkpoints it cannot resume from (beside checkpoints/).
 CORRUPTED, DIVERGED = "corrupted_checkpoints", "diverged_checkpoints"
 
@@ -39,7 +41,8 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
-def manager(workdir: str | Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(workdir: str | Path, keep: int = D2L.keep_checkpoints,
+            read_only: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
         read_only=read_only, cleanup_tmp_directories=not read_only,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import jax
 
+from ..config import D2L
+from ..data.release import TRAIN_IMAGES
 from ..observe.progress import duration
 from ..runtime.fast_malloc import allocator_note
 from ..runtime.parallel import device_name
@@ -61,7 +64,7 @@ def compiled_lines(seconds: float, backend: str) -> list[str]:
             *([note] if note else [])]
 
 
-D2L_STEPS, D2L_BATCH = 10 * 469, 128  # d2l's full run: 10 epochs of 469 batches of 128
+D2L_STEPS = D2L.epochs * math.ceil(TRAIN_IMAGES / D2L.batch_size)  # d2l's full run: 4,690
 # Learns in a few minutes on 2 CPU cores (lr 0.05: d2l's 0.01 leaves loss 2.30 only after a
 # few hundred steps); measured in benchmarks/NOTES.md.
 QUICK_RUN = ("alexnet-jax train --limit-train 2048 --limit-test 256 --epochs 2 --batch-size 32 "
@@ -97,7 +100,7 @@ def cpu_estimate(step_seconds: float, batch_size: int, steps_left: int, total_st
     """How long this run's steps, and d2l's full run, take on this CPU at the measured pace."""
     line = (f"on this CPU a step takes {step_seconds:.2f} s: the {steps_left} steps left take "
             f"about {duration(step_seconds * steps_left)} (steps alone)")
-    if (total_steps, batch_size) != (D2L_STEPS, D2L_BATCH):  # not d2l's run itself
-        d2l = step_seconds / batch_size * D2L_BATCH * D2L_STEPS  # time per image scales
+    if (total_steps, batch_size) != (D2L_STEPS, D2L.batch_size):  # not d2l's run itself
+        d2l = step_seconds / batch_size * D2L.batch_size * D2L_STEPS  # time per image scales
         line += f"; d2l's full run would take roughly {duration(d2l)} here"
     return line + f". d2l's full run is a GPU job; a quick run: {QUICK_RUN}"

@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..config import D2L, DTYPE_NAMES, TrainConfig
 from ..kernels.conv import conv_general_dilated
 from ..kernels.pool import max_pool
 from ..model import AlexNet
@@ -36,8 +36,8 @@ RECORDS = ("config.json", "metrics.jsonl", "curves.png", "tensorboard", "checkpo
 RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes",
                 "dropout", "augment")
 # --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
-DTYPES = {"float32": (None, jnp.float32), "bfloat16": (jnp.bfloat16, jnp.float32),
-          "float64": (jnp.float64, jnp.float64)}
+DTYPES = dict(zip(DTYPE_NAMES, ((None, jnp.float32), (jnp.bfloat16, jnp.float32),
+                                (jnp.float64, jnp.float64))))
 # On CPU their gradients are several times faster than XLA's (benchmarks/NOTES.md); on GPU
 # and TPU they are XLA's own. Module-level, so that equal models compare equal under jit.
 FAST_CONV = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
@@ -48,35 +48,8 @@ class RunError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
 
 
-@dataclass
-class TrainConfig:
-    workdir: str = "runs/alexnet"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.01
-    seed: int = 0
-    pipeline: str = "device"
-    source: str = "auto"
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    checkpoint_every_steps: int | None = None
-    keep_checkpoints: int = 3
-    dtype: str = "float32"
-    num_classes: int = 10
-    dropout: float = 0.5
-    augment: bool = False
-    strict_checkpoints: bool = False
-    profile_steps: tuple[int, int] | None = None
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """The config from `values`, ignoring keys that are not settings (CLI flags, say)."""
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
-
-
-def build_model(dtype: str = "float32", num_classes: int = 10, dropout: float = 0.5) -> AlexNet:
+def build_model(dtype: str = D2L.dtype, num_classes: int = D2L.num_classes,
+                dropout: float = D2L.dropout) -> AlexNet:
     """d2l's AlexNet in `dtype` (a --dtype name), with the CPU-fast conv and pool."""
     compute, param = DTYPES[dtype]
     return AlexNet(num_classes=num_classes, dropout_rate=dropout, dtype=compute,

@@ -1,0 +1,44 @@
+"""A training run's settings and their defaults: the one place the CLI, the library and a
+work dir's config.json read them from. Imports nothing heavy, so `--help` stays quick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PIPELINES = ("device", "host")  # resize on the accelerator, or in tf.data on the host
+SOURCES = ("auto", "tfds", "idx")  # how the Fashion-MNIST release files are read
+IMAGE_SIZE = 224  # d2l's Resize(224): the model's input is IMAGE_SIZE x IMAGE_SIZE x 1
+DTYPE_NAMES = ("float32", "bfloat16", "float64")  # --dtype: the computation dtype
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of `train`; the defaults are d2l's run."""
+
+    workdir: str = "runs/alexnet"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    seed: int = 0
+    pipeline: str = "device"
+    source: str = "auto"
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    checkpoint_every_steps: int | None = None
+    keep_checkpoints: int = 3
+    dtype: str = "float32"
+    num_classes: int = 10
+    dropout: float = 0.5
+    augment: bool = False
+    strict_checkpoints: bool = False
+    profile_steps: tuple[int, int] | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """The config from `values`, ignoring keys that are not settings (CLI flags, say)."""
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+D2L = TrainConfig()  # d2l's run: what every command's defaults come from
