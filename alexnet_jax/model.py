@@ -27,9 +27,8 @@ CONV_LAYERS = (
     ("conv4", 384, 3, 1, 1, False),
     ("conv5", 256, 3, 1, 1, True),
 )
-DENSE_LAYERS = (("fc1", 4096), ("fc2", 4096))
+DENSE_LAYERS = (("fc1", 4096), ("fc2", 4096))  # then fc3, with one output per class
 POOL_WINDOW, POOL_STRIDE = 3, 2
-FEATURE_HW, FEATURE_C = 5, 256  # conv trunk output: 5 x 5 x 256 = 6400 features
 IN_CHANNELS = 1
 
 
@@ -37,17 +36,43 @@ def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def trunk_output_size(size: int) -> int:
-    """Spatial size after the conv/pool trunk for a square input of `size` pixels."""
-    for _, _, kernel, stride, pad, pool in CONV_LAYERS:
+def layers(image_size: int = IMAGE_SIZE, num_classes: int = D2L.num_classes,
+           dropout: float = D2L.dropout) -> list[dict]:
+    """d2l's `nn.Sequential` layer by layer for one image, in its order: `layer` (a label),
+    `shape` (the output, HWC or features), `kernel` (the Flax kernel's shape; None without
+    weights). The one walk of the tables above: the summary, the PyTorch state-dict shapes and
+    the valid input sizes all read it."""
+    rows, size, chans = [], image_size, IN_CHANNELS
+    for name, out_c, kernel, stride, pad, pool in CONV_LAYERS:
         size = conv_out(size, kernel, stride, pad)
+        rows.append(dict(layer=f"{name} (Conv {kernel}x{kernel}/{stride})", name=name,
+                         shape=(size, size, out_c), kernel=(kernel, kernel, chans, out_c)))
+        rows.append(dict(layer="ReLU", shape=(size, size, out_c), kernel=None))
         if pool:
             size = conv_out(size, POOL_WINDOW, POOL_STRIDE, 0)
-        if size < 1:
-            return 0
-    return size
+            rows.append(dict(layer=f"MaxPool {POOL_WINDOW}/{POOL_STRIDE}",
+                             shape=(size, size, out_c), kernel=None))
+        chans = out_c
+    features = size * size * chans
+    rows.append(dict(layer="Flatten", shape=(features,), kernel=None))
+    for name, out_f in (*DENSE_LAYERS, ("fc3", num_classes)):
+        rows.append(dict(layer=f"{name} (Dense)", name=name, shape=(out_f,),
+                         kernel=(features, out_f)))
+        if name != "fc3":
+            rows.append(dict(layer="ReLU", shape=(out_f,), kernel=None))
+            rows.append(dict(layer=f"Dropout {dropout}", shape=(out_f,), kernel=None))
+        features = out_f
+    return rows
 
 
+def trunk_output_size(size: int) -> int:
+    """Spatial size after the conv/pool trunk for a square input of `size` pixels (0 when
+    the input is too small for it)."""
+    spatial = [r["shape"][0] for r in layers(size) if len(r["shape"]) == 3]
+    return spatial[-1] if min(spatial) >= 1 else 0
+
+
+FEATURE_HW, FEATURE_C = trunk_output_size(IMAGE_SIZE), CONV_LAYERS[-1][1]  # 5 x 5 x 256
 VALID_SIZES = tuple(s for s in range(1, 512) if trunk_output_size(s) == FEATURE_HW)
 
 

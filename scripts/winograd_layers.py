@@ -25,6 +25,33 @@ LAYERS = {name: (size, c_in, c_out, kernel, pad)
           for name, size, c_in, c_out, kernel, stride, pad in layer_shapes() if stride == 1}
 
 
+def input_grad(g, w, padding, m: int, precision=None):
+    """dL/dx of `conv(x, w, padding)` given g = dL/dy: a convolution with the flipped kernel."""
+    r = w.shape[0]
+    (p0, p1), (q0, q1) = padding
+    flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+    pads = ((r - 1 - p0, r - 1 - p1), (r - 1 - q0, r - 1 - q1))
+    return winograd.conv(g, flipped, pads, m, precision)
+
+
+def kernel_grad(x, g, padding, r: int, m: int, precision=None):
+    """dL/dw of `conv(x, w, padding)` for an r x r kernel: sum over the batch of the
+    correlation of x with g, by F(r x r, m x m) over m x m tiles of g."""
+    at, gt, bt = winograd.matrices(r, m)
+    (p0, p1), (q0, q1) = padding
+    _, oh, ow, _ = g.shape
+    th, tw = -(-oh // m), -(-ow // m)
+    gp = jnp.pad(g, ((0, 0), (0, th * m - oh), (0, tw * m - ow), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), (p0, p1 + th * m - oh), (q0, q1 + tw * m - ow), (0, 0)))
+    v = winograd._tiles(xp, bt, m, (th, tw))
+    u = winograd._tiles(gp, gt, m, (th, tw))
+    out_type = jnp.promote_types(g.dtype, jnp.float32)
+    prod = lax.dot_general(v, u, (((1,), (1,)), ((0,), (0,))), precision=precision,
+                           preferred_element_type=out_type)
+    dw = winograd._untile_matmul(at, prod, precision)  # (col j, row i, c_in, c_out)
+    return dw.transpose(1, 0, 2, 3)
+
+
 def torch_times(x, w, g, pad, repeats):
     """PyTorch's (oneDNN's) forward, input gradient and kernel gradient, each op alone."""
     import torch
@@ -70,10 +97,10 @@ def time_layer(name, batch, tiles, repeats, with_torch):
     ops = (  # (op, its baseline, inputs, Winograd for tile m)
         ("forward", "XLA", xla, (x, w), lambda m: lambda x, w: winograd.conv(x, w, pads, m)),
         ("input grad", "XLA", lambda g, w: jax.vjp(lambda x: xla(x, w), x)[1](g)[0], (g, w),
-         lambda m: lambda g, w: winograd.input_grad(g, w, pads, m)),
+         lambda m: lambda g, w: input_grad(g, w, pads, m)),
         ("kernel grad", "matmuls",
          lambda x, g: kernel_grad_matmuls(x, g, kernel=(r, r), padding=pads), (x, g),
-         lambda m: lambda x, g: winograd.kernel_grad(x, g, pads, r, m)),
+         lambda m: lambda x, g: kernel_grad(x, g, pads, r, m)),
     )
     reference = torch_times(x, w, g, p, repeats) if with_torch else None
     for i, (op, label, base, inputs, make) in enumerate(ops):

@@ -357,7 +357,7 @@ def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(fashion_
     mngr.reload()
     checkpoints.save(mngr, step, checkpoint_tree(nan_state, empty_metrics(state),
                                                  empty_totals()))
-    mngr.wait_until_finished()
+    mngr.finish()
     mngr.close()
     capsys.readouterr()
     assert main(["evaluate", "--workdir", str(workdir), "--manual-dir",

@@ -2,52 +2,33 @@
 
 from __future__ import annotations
 
-from ..model import (
-    CONV_LAYERS,
-    DENSE_LAYERS,
-    IN_CHANNELS,
-    POOL_STRIDE,
-    POOL_WINDOW,
-    conv_out,
-)
+import math
+
+from ..config import D2L, IMAGE_SIZE
+from ..model import IN_CHANNELS, layers
 
 
-def layer_table(image_size: int = 224, num_classes: int = 10) -> list[dict]:
+def layer_table(image_size: int = IMAGE_SIZE, num_classes: int = D2L.num_classes) -> list[dict]:
     """Rows of (layer, output shape, params, forward FLOPs) for one image.
 
     FLOPs count a multiply-add as 2 and leave out ReLU, pooling and bias adds, the
     usual convention (and XLA's for convolutions and dots).
     """
     rows = []
-    size, chans = image_size, IN_CHANNELS
-    for name, out_c, kernel, stride, pad, pool in CONV_LAYERS:
-        size = conv_out(size, kernel, stride, pad)
-        params = kernel * kernel * chans * out_c + out_c
-        flops = 2 * kernel * kernel * chans * out_c * size * size
-        rows.append(dict(layer=f"{name} (Conv {kernel}x{kernel}/{stride})",
-                         shape=(size, size, out_c), params=params, flops=flops))
-        rows.append(dict(layer="ReLU", shape=(size, size, out_c), params=0, flops=0))
-        if pool:
-            size = conv_out(size, POOL_WINDOW, POOL_STRIDE, 0)
-            rows.append(dict(layer="MaxPool 3/2", shape=(size, size, out_c), params=0, flops=0))
-        chans = out_c
-    features = size * size * chans
-    rows.append(dict(layer="Flatten", shape=(features,), params=0, flops=0))
-    for name, out_f in (*DENSE_LAYERS, ("fc3", num_classes)):
-        rows.append(dict(layer=f"{name} (Dense)", shape=(out_f,),
-                         params=features * out_f + out_f, flops=2 * features * out_f))
-        if name != "fc3":
-            rows.append(dict(layer="ReLU", shape=(out_f,), params=0, flops=0))
-            rows.append(dict(layer="Dropout 0.5", shape=(out_f,), params=0, flops=0))
-        features = out_f
+    for r in layers(image_size, num_classes):
+        weights = math.prod(r["kernel"]) if r["kernel"] else 0
+        positions = r["shape"][0] * r["shape"][1] if len(r["shape"]) == 3 else 1
+        rows.append(dict(layer=r["layer"], shape=r["shape"],
+                         params=weights + r["kernel"][-1] if r["kernel"] else 0,
+                         flops=2 * weights * positions))
     return rows
 
 
-def forward_flops(image_size: int = 224, num_classes: int = 10) -> int:
+def forward_flops(image_size: int = IMAGE_SIZE, num_classes: int = D2L.num_classes) -> int:
     return sum(r["flops"] for r in layer_table(image_size, num_classes))
 
 
-def format_summary(image_size: int = 224, num_classes: int = 10) -> str:
+def format_summary(image_size: int = IMAGE_SIZE, num_classes: int = D2L.num_classes) -> str:
     rows = layer_table(image_size, num_classes)
     lines = [
         f"AlexNet (d2l) for one {image_size}x{image_size}x{IN_CHANNELS} image. Shapes are NHWC "

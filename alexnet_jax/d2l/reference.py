@@ -1,4 +1,4 @@
-"""d2l's PyTorch AlexNet, verbatim from the notebook (../shared/reference), and its init.
+"""d2l's PyTorch AlexNet, verbatim from the notebook (d2l chapter 7.1, "AlexNet"), and its init.
 
 Used by the equivalence suite and the benchmark; needs torch (imported here, not by the
 package).

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..model import CONV_LAYERS, DENSE_LAYERS, FEATURE_C, FEATURE_HW
+from ..config import D2L
+from ..model import CONV_LAYERS, FEATURE_C, FEATURE_HW, layers
 
 # Flax module name -> index of that layer in d2l's nn.Sequential.
 TORCH_INDEX = {
@@ -50,19 +51,14 @@ def _fc1_flax_to_torch(kernel: np.ndarray) -> np.ndarray:
     return k.transpose(3, 2, 0, 1).reshape(out, FEATURE_C * FEATURE_HW * FEATURE_HW)
 
 
-def expected_torch_shapes(num_classes: int = 10) -> dict[str, tuple[int, ...]]:
+def expected_torch_shapes(num_classes: int = D2L.num_classes) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the state dict of d2l's net with `num_classes` outputs."""
     shapes: dict[str, tuple[int, ...]] = {}
-    in_c = 1
-    for name, out_c, kernel, *_ in CONV_LAYERS:
-        shapes[f"{TORCH_INDEX[name]}.weight"] = (out_c, in_c, kernel, kernel)
-        shapes[f"{TORCH_INDEX[name]}.bias"] = (out_c,)
-        in_c = out_c
-    in_f = in_c * FEATURE_HW * FEATURE_HW
-    for name, out_f in (*DENSE_LAYERS, ("fc3", num_classes)):
-        shapes[f"{TORCH_INDEX[name]}.weight"] = (out_f, in_f)
-        shapes[f"{TORCH_INDEX[name]}.bias"] = (out_f,)
-        in_f = out_f
+    for layer in layers(num_classes=num_classes):
+        if kernel := layer["kernel"]:  # Flax's (H, W, in, out) or (in, out); torch's out first
+            index = TORCH_INDEX[layer["name"]]
+            shapes[f"{index}.weight"] = (kernel[-1], kernel[-2], *kernel[:-2])
+            shapes[f"{index}.bias"] = (kernel[-1],)
     return shapes
 
 

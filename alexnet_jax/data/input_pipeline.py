@@ -62,7 +62,7 @@ class Batch:
     size: int  # number of real examples (the last batch of an epoch is smaller)
 
 
-class _Pipeline:
+class InputPipeline:
     """What both pipelines share: the epoch's batches of example indices, padded for the mesh."""
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
@@ -86,7 +86,7 @@ class _Pipeline:
                             self.mesh.size) for b in range(start_batch, len(self))]
 
 
-class HostPipeline(_Pipeline):
+class HostPipeline(InputPipeline):
     """tf.data: gather, resize (exact Pillow, parallel), prefetch; each process loads only
     the rows of every global batch that its own devices hold."""
 
@@ -136,7 +136,7 @@ def _gather(images, labels, indices):
     return model_input(images[indices]), jnp.where(real, labels[indices], PAD)
 
 
-class DevicePipeline(_Pipeline):
+class DevicePipeline(InputPipeline):
     """The uint8 split lives on the devices, sharded over them (one copy in all, not one per
     device); each batch is a device-side gather of its indices, resized there and delivered
     sharded."""

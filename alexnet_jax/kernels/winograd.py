@@ -11,8 +11,8 @@ matmuls with the Kronecker product of the constant matrix with itself (`_untile_
 
 The train step runs `conv_and_transforms` forward and `conv_grads` backward: both gradients
 go back through Winograd's own stages, from the forward pass's transformed input and one
-transform of the output gradient. `input_grad` and `kernel_grad` compute each gradient alone,
-as another Winograd convolution (scripts/winograd_layers.py times all of them per layer).
+transform of the output gradient (scripts/winograd_layers.py also times each gradient alone,
+as another Winograd convolution).
 """
 
 from __future__ import annotations
@@ -180,32 +180,6 @@ def _overlap_add(dd, m: int):
                                                (0, 0)))
         rows.append(total)
     return jnp.stack(rows, axis=2).reshape(b, (th + 1) * m, (tw + 1) * m, c)
-
-
-def input_grad(g, w, padding, m: int, precision=None):
-    """dL/dx of `conv(x, w, padding)` given g = dL/dy: a convolution with the flipped kernel."""
-    r = w.shape[0]
-    (p0, p1), (q0, q1) = padding
-    flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
-    return conv(g, flipped, ((r - 1 - p0, r - 1 - p1), (r - 1 - q0, r - 1 - q1)), m, precision)
-
-
-def kernel_grad(x, g, padding, r: int, m: int, precision=None):
-    """dL/dw of `conv(x, w, padding)` for an r x r kernel: sum over the batch of the
-    correlation of x with g, by F(r x r, m x m) over m x m tiles of g."""
-    at, gt, bt = matrices(r, m)
-    (p0, p1), (q0, q1) = padding
-    _, oh, ow, _ = g.shape
-    th, tw = -(-oh // m), -(-ow // m)
-    gp = jnp.pad(g, ((0, 0), (0, th * m - oh), (0, tw * m - ow), (0, 0)))
-    xp = jnp.pad(x, ((0, 0), (p0, p1 + th * m - oh), (q0, q1 + tw * m - ow), (0, 0)))
-    v = _tiles(xp, bt, m, (th, tw))
-    u = _tiles(gp, gt, m, (th, tw))
-    out_type = jnp.promote_types(g.dtype, jnp.float32)
-    prod = lax.dot_general(v, u, (((1,), (1,)), ((0,), (0,))), precision=precision,
-                           preferred_element_type=out_type)
-    dw = _untile_matmul(at, prod, precision)  # (col j, row i, c_in, c_out)
-    return dw.transpose(1, 0, 2, 3)
 
 
 def rounding_growth(m: int, r: int) -> float:

@@ -36,6 +36,14 @@ class Progress:
             self.bar = tqdm(total=total, initial=done, desc=name, unit=unit,
                             dynamic_ncols=True)
 
+    def show(self, desc: str | None = None, **figures) -> None:
+        """On a terminal, the bar's label and figures (loss, say); the lines carry neither."""
+        if self.bar is not None:
+            if desc is not None:
+                self.bar.set_description(desc, refresh=False)
+            if figures:
+                self.bar.set_postfix(figures, refresh=False)
+
     def eta(self) -> float | None:
         """Seconds left at the rate so far; None before any work was measured."""
         elapsed = time.monotonic() - self.start

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,35 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
+class Manager(ocp.CheckpointManager):
+    """orbax's manager, with `finish`: wait for the last save and its digest (`save`)."""
+
+    digesting: threading.Thread | None = None
+    digest_error: BaseException | None = None
+
+    def finish(self) -> None:
+        """orbax's `wait_until_finished` (which orbax calls itself, so that is left as it is),
+        and the digest thread's end."""
+        if self.digesting is not None:
+            self.digesting.join()
+            self.digesting = None
+        if self.digest_error is not None:
+            err, self.digest_error = self.digest_error, None
+            raise CheckpointError(f"the checkpoint's SHA-256 could not be written: {err}")
+        super().wait_until_finished()
+
+    def close(self) -> None:
+        self.finish()
+        super().close()
+
+
 def manager(workdir: str | Path, keep: int = D2L.keep_checkpoints,
-            read_only: bool = False) -> ocp.CheckpointManager:
+            read_only: bool = False) -> Manager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
         read_only=read_only, cleanup_tmp_directories=not read_only,
     )
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    return Manager(checkpoint_dir(workdir), options=options)
 
 
 def tree_digest(tree: dict[str, Any]) -> str:
@@ -78,19 +101,32 @@ def _digest_path(mngr: ocp.CheckpointManager, step: int) -> Path:
     return Path(mngr.directory).parent / "checkpoint_digests" / f"{step}.sha256"
 
 
-def save(mngr: ocp.CheckpointManager, step: int, tree: dict[str, Any]) -> None:
-    """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames).
-
-    The digest is written first, so every checkpoint orbax finalizes has one.
-    """
+def save(mngr: Manager, step: int, tree: dict[str, Any]) -> None:
+    """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames),
+    and its SHA-256 digest on a thread, from a host copy of the state taken now (the next
+    step reuses the state's buffers). Hashing 47M parameters takes 0.2 s on a CPU core that
+    the step would otherwise wait for (benchmarks/NOTES.md 33). A process killed after orbax
+    finalizes but before the digest lands leaves a checkpoint without one: it restores
+    unverified, as checkpoints of versions before digests do."""
+    mngr.finish()  # the last save's digest and files are complete
     if jax.process_index() == 0:  # orbax's primary host; every process saves its shards
+        host = jax.tree.map(lambda a: np.array(a, copy=True), jax.device_get(tree))
+        _prune_digests(mngr, step)
+        mngr.digesting = threading.Thread(target=_write_digest, args=(mngr, step, host),
+                                          name=f"checkpoint {step} digest", daemon=True)
+        mngr.digesting.start()
+    mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+
+
+def _write_digest(mngr: Manager, step: int, host_tree: dict[str, Any]) -> None:
+    try:
         digest = _digest_path(mngr, step)
         digest.parent.mkdir(parents=True, exist_ok=True)
         tmp = digest.with_suffix(".tmp")
-        tmp.write_text(tree_digest(tree) + "\n")
+        tmp.write_text(tree_digest(host_tree) + "\n")
         os.replace(tmp, digest)
-        _prune_digests(mngr, step)
-    mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+    except BaseException as err:  # reported by the next wait_until_finished
+        mngr.digest_error = err
 
 
 def _prune_digests(mngr: ocp.CheckpointManager, step: int) -> None:

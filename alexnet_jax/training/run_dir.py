@@ -178,15 +178,24 @@ def read_points(path: Path, out=print) -> list[dict]:
 
 
 class MetricsLog:
-    """metrics.jsonl (given `lr`, mirrored to TensorBoard); a resume drops points past its step."""
+    """metrics.jsonl, which a resume cuts back to its step; `mirror` adds TensorBoard."""
 
-    def __init__(self, path: Path, resume_step: int, out=print, lr: float | None = None):
+    def __init__(self, path: Path, resume_step: int, out=print):
         self.path = path
         self.write = is_primary()  # one writer in a multi-process run
         self.points = [p for p in read_points(path, out) if p["step"] <= resume_step]
         if path.exists() and self.write:
             write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
-        self.events = EventLog(path.parent, self.points, lr) if self.write and lr else None
+        self.events: EventLog | None = None
+
+    def mirror(self, lr: float) -> None:
+        """Mirror the points kept, and each one added, to TensorBoard (tagged with `lr`)."""
+        if self.write:
+            self.events = EventLog(self.path.parent, self.points, lr)
+
+    def close(self) -> None:
+        if self.events:
+            self.events.close()
 
     def add(self, point: dict) -> None:
         self.points.append(point)

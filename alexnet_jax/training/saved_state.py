@@ -51,5 +51,5 @@ def start_from(config: TrainConfig, params, source) -> None:
                  extra={"converted_from": str(source)})
     mngr = checkpoints.manager(workdir)
     checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(state), empty_totals()))
-    mngr.wait_until_finished()
+    mngr.finish()
     mngr.close()
