@@ -21,8 +21,7 @@ BIN := $(VENV)/bin
 # A second Python, checked without PyTorch (its CPU wheel is on hand for one Python only):
 # make check-python PYTHON=python3.13 VENV=.venv-3.13
 CHECK_RUN ?= runs/check-python
-NO_TORCH := --ignore=tests/test_equivalence.py --ignore=tests/test_loop_equivalence.py \
-	--ignore=tests/test_train.py
+NO_TORCH := --ignore=tests/test_equivalence.py --ignore=tests/test_loop_equivalence.py
 DATA_ARG := $(if $(FASHION_MNIST_DIR),--manual-dir $(FASHION_MNIST_DIR))
 
 .PHONY: train test test-fast check-python

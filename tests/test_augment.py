@@ -1,5 +1,6 @@
-"""`train --augment`: the augmentation's transform and draws, its determinism and resume, its
-independence of the devices, and that it leaves runs without it and the test set alone."""
+"""A train step's random draws: dropout, and `train --augment`'s transform and draws, their
+determinism and resume, and that the augmentation leaves runs without it and the test set
+alone (its independence of the devices: tests/test_parallel.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from conftest import (
     sigterm_after,
     train_args,
 )
-from test_parallel import finish, settings, worker, worst_error
 
 from alexnet_jax.cli import main
 from alexnet_jax.commands.show_batch import batch_seen_at
 from alexnet_jax.data.augment import BRIGHTNESS_SD, MAX_SHIFT, apply, augment, draw
 from alexnet_jax.data.preprocess import model_input
+from alexnet_jax.model import AlexNet, init_params
 from alexnet_jax.training.saved_state import load_state
 from alexnet_jax.training.steps import run_rng, step_input, step_keys
 
@@ -172,18 +173,51 @@ def test_resuming_with_another_augment_setting_is_refused(augmented_dir, fashion
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
-@pytest.mark.slow
-def test_two_devices_equal_one_in_float64(fashion_mnist_dir, tmp_path, report):
-    """5 augmented steps of 8 images in float64 on 1 and on 2 CPU devices: the same
-    parameters (each image's draws do not depend on the sharding)."""
-    runs = {}
-    for devices in (1, 2):
-        config = settings(tmp_path / f"w{devices}", fashion_mnist_dir, augment=True)
-        finish(worker(tmp_path / f"d{devices}", config, devices=devices), 300)
-        runs[devices] = np.load(tmp_path / f"d{devices}_e1.npz")
-    assert int(runs[2]["devices"]) == 2 and int(runs[2]["step"]) == 5
-    name, err = worst_error(runs[2], runs[1])
-    report(f"--augment, 2 devices vs 1, 5 steps, float64: worst parameter ({name})", err,
-           1e-12)
-    assert err <= 1e-12
-    assert float(runs[2]["train_acc"]) == float(runs[1]["train_acc"])
+def test_dropout_keys_rate_and_scaling():
+    """The same key, the same masks; another key, others; rate 0 is the eval pass."""
+    model = AlexNet()
+    params = init_params(model, jax.random.key(0))
+    x = jnp.asarray(np.random.default_rng(14).random((1, 224, 224, 1), dtype=np.float32))
+
+    def run(key, rate=0.5, train=True):
+        return AlexNet(dropout_rate=rate).apply({"params": params}, x, train=train,
+                                                rngs={"dropout": key})
+
+    a, b = run(jax.random.key(1)), run(jax.random.key(1))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, run(jax.random.key(2)))
+    np.testing.assert_array_equal(model.apply({"params": params}, x, train=False),
+                                  run(jax.random.key(1), rate=0.0))
+
+
+def test_each_train_step_drops_with_its_own_key_at_d2ls_rate(report):
+    """Dropout as the train step runs it: fc1's and fc2's masks under the step's own key
+    (`step_keys`): the same when a step is run again (a resumed run), fresh at the next step
+    (a key reused would repeat them), kept at d2l's rate 0.5 and scaled by 1 / (1 - 0.5)."""
+    model = AlexNet()
+    params = init_params(model, jax.random.key(0))
+    x = jnp.asarray(np.random.default_rng(32).random((32, 224, 224, 1), dtype=np.float32))
+    rng = run_rng(0)
+
+    def masks(step):
+        """Per dropout layer: (the ReLU's output, the dropout's) of the model at `step`."""
+        key, _ = step_keys(rng, step)
+        _, state = model.apply({"params": params}, x, train=True, rngs={"dropout": key},
+                               capture_intermediates=True, mutable=["intermediates"])
+        got = state["intermediates"]
+        return [(np.maximum(np.asarray(got[fc]["__call__"][0]), 0),
+                 np.asarray(got[drop]["__call__"][0]))
+                for fc, drop in (("fc1", "Dropout_0"), ("fc2", "Dropout_1"))]
+
+    first, again, second = masks(0), masks(0), masks(1)
+    for (relu, out), (_, out_again), (relu_next, out_next) in zip(first, again, second):
+        np.testing.assert_array_equal(out, out_again)
+        active = relu > 0
+        kept = out[active] != 0
+        keep = kept.mean()
+        report("dropout: keep rate - 0.5 over a layer's active units", abs(keep - 0.5))
+        assert abs(keep - 0.5) < 5 * np.sqrt(0.25 / active.sum())
+        np.testing.assert_allclose(out[active][kept], 2 * relu[active][kept], rtol=1e-6)
+        both = active & (relu_next > 0)
+        same = ((out != 0) == (out_next != 0))[both].mean()
+        assert 0.4 < same < 0.6, same  # independent masks agree about half the time

@@ -147,22 +147,14 @@ def test_real_data_counts_and_order(train_split, test_split):
 
 
 @pytest.mark.slow
-def test_tfds_and_idx_sources_identical(fashion_mnist_dir, train_split, test_split, tmp_path):
-    for name, idx in (("train", train_split), ("test", test_split)):
-        tf_split = load_tfds_split(name, data_dir=str(tmp_path / "tfds"),
-                                   manual_dir=str(fashion_mnist_dir))
-        np.testing.assert_array_equal(tf_split.images, idx.images)
-        np.testing.assert_array_equal(tf_split.labels, idx.labels)
-
-
-@pytest.mark.slow
 def test_every_resized_pixel_equals_pillow(train_split, test_split):
-    """Device (JAX) and host (TF) resize give Pillow's pixels: all 10,000 test images and
-    10,000 train images spread over the split (all 70,000 were checked once: NOTES.md)."""
+    """Device (JAX) and host (TF) resize give Pillow's pixels on 2,000 test and 2,000 train
+    images in four blocks spread over the splits (all 70,000 were checked once: NOTES.md;
+    the random and odd-sized images above cover every pixel value and size class)."""
     import tensorflow as tf
 
     tf_resize = tf.function(resize_uint8_tf)
-    for split, every in ((test_split, 1), (train_split, 6)):
+    for split, every in ((test_split, 5), (train_split, 30)):
         for start in range(0, len(split), 1000 * every):
             chunk = split.images[start:start + 1000]
             expected = pillow_resize(chunk)

@@ -93,7 +93,7 @@ def test_a_cpu_run_without_tcmalloc_says_once_what_it_costs(monkeypatch, tmp_pat
                  str(fashion_mnist_dir), "--source", "idx", "--limit-train", "4",
                  "--limit-test", "4", "--batch-size", "4", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.count("note: tcmalloc is not installed") == 1 and "48-51 images/s" in out
+    assert out.count("note: tcmalloc is not installed") == 1 and "a slower step" in out
     for name, value in {ENV: GLIBC_KEPT, **GLIBC_KEEP}.items():
         monkeypatch.setenv(name, value)
     assert "keep freed memory" in fast_malloc.allocator_note("cpu")

@@ -10,11 +10,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-import torch
 from conftest import assert_same_params, d2l_images, params_of, rel_err, train_args
 
 from alexnet_jax.cli import main
-from alexnet_jax.d2l.reference import d2l_net, nhwc_to_nchw
 from alexnet_jax.training.saved_state import load_state
 
 
@@ -100,7 +98,11 @@ def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_convert_from_torch_same_accuracy(fashion_mnist_dir, test_split, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from alexnet_jax.d2l.reference import d2l_net, nhwc_to_nchw
+
     net = d2l_net(seed=11)
     with torch.no_grad():
         x = d2l_images(test_split, 0, 64)
@@ -118,7 +120,11 @@ def test_convert_from_torch_same_accuracy(fashion_mnist_dir, test_split, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
+    torch = pytest.importorskip("torch")
+    from alexnet_jax.d2l.reference import d2l_net, nhwc_to_nchw
+
     pt = tmp_path / "out.pt"
     assert main(["convert", "--to-torch", str(pt), "--workdir", str(trained)]) == 0
     net = d2l_net(seed=0)
@@ -133,6 +139,7 @@ def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_d2l_torch_accuracy_counts_the_predictions_that_differ(trained, fashion_mnist_dir,
                                                                tmp_path, monkeypatch, capsys):
     """scripts/d2l_torch_accuracy.py on a trained run's first 40 test images: the converted
@@ -255,39 +262,59 @@ def test_evaluate_missing_workdir_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "does not exist" in err
 
 
+@pytest.fixture(scope="module")
+def tfds_run(fashion_mnist_dir, tmp_path_factory):
+    """`python -m alexnet_jax train` on the tfds source with a fresh tfds data dir: its data
+    dir, work dir and the finished process (tfds prepares its copy once, here)."""
+    tmp = tmp_path_factory.mktemp("tfds_run")
+    cmd = [sys.executable, "-m", "alexnet_jax", "train", "--workdir", str(tmp / "w"),
+           "--manual-dir", str(fashion_mnist_dir), "--source", "tfds", "--data-dir",
+           str(tmp / "tfds"), "--limit-train", "4", "--limit-test", "4", "--batch-size", "4",
+           "--epochs", "1"]
+    return tmp / "tfds", tmp / "w", subprocess.run(cmd, capture_output=True, text=True,
+                                                   timeout=300)
+
+
 @pytest.mark.slow
-def test_evaluate_prints_no_log_noise(trained, fashion_mnist_dir, tmp_path):
-    """evaluate prints only our lines and nothing on stderr (no absl, orbax, TensorFlow or
-    tfds line, on CPUs with and without AVX-512), the first use of a tfds data dir included,
-    which says in one line of ours that it prepares tfds' copy; --verbose brings them back."""
-    cmd = [sys.executable, "-m", "alexnet_jax.cli", "evaluate", "--workdir", str(trained),
-           "--manual-dir", str(fashion_mnist_dir), "--source", "tfds",
-           "--data-dir", str(tmp_path / "tfds")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0 and first.stderr == "", first.stderr
-    lines = first.stdout.splitlines()
+def test_train_prints_no_log_noise(tfds_run):
+    """Only our lines, nothing on stderr (TensorFlow is imported by tfds and by tensorboard's
+    event writer: both quietly), the first use of a tfds data dir included, which says in one
+    line of ours that it prepares tfds' copy."""
+    _, _, done = tfds_run
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = done.stdout.splitlines()
     assert lines[0].startswith("preparing tensorflow-datasets' copy of Fashion-MNIST in "), lines
-    assert lines[1].startswith("prepared it in ") and lines[2].startswith("checkpoint step ")
-    assert len(lines) == 3, lines
+    assert lines[1].startswith("prepared it in ") and lines[-3].startswith("loss "), lines
+
+
+@pytest.mark.slow
+def test_evaluate_prints_no_log_noise(tfds_run, fashion_mnist_dir):
+    """evaluate prints only our lines and nothing on stderr (no absl, orbax, TensorFlow or
+    tfds line, on CPUs with and without AVX-512); --verbose brings them back."""
+    data_dir, workdir, _ = tfds_run
+    cmd = [sys.executable, "-m", "alexnet_jax.cli", "evaluate", "--workdir", str(workdir),
+           "--manual-dir", str(fashion_mnist_dir), "--source", "tfds", "--data-dir",
+           str(data_dir)]
     quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.startswith("checkpoint step ") and "test loss" in quiet.stdout
     assert "on 4 test images" in quiet.stdout  # the run's own --limit-test, by default
+    assert len(quiet.stdout.splitlines()) == 1, quiet.stdout
     verbose = subprocess.run([*cmd[:3], "--verbose", *cmd[3:]], capture_output=True, text=True,
                              timeout=300)
     assert verbose.returncode == 0 and "WARNING:absl" in verbose.stderr
 
 
 @pytest.mark.slow
-def test_train_prints_no_log_noise(fashion_mnist_dir, tmp_path):
-    """`python -m alexnet_jax train` on the tfds source: only our lines, nothing on stderr
-    (TensorFlow is imported by tfds and by tensorboard's event writer: both quietly)."""
-    cmd = [sys.executable, "-m", "alexnet_jax", "train", "--workdir", str(tmp_path / "w"),
-           "--manual-dir", str(fashion_mnist_dir), "--source", "tfds", "--limit-train", "4",
-           "--limit-test", "4", "--batch-size", "4", "--epochs", "1"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert done.stdout.splitlines()[-3].startswith("loss "), done.stdout
+def test_tfds_and_idx_sources_identical(tfds_run, fashion_mnist_dir, train_split, test_split):
+    """tfds' prepared copy and the release files read directly: the same arrays, in order."""
+    from alexnet_jax.data.fashion_mnist import load_tfds_split
+
+    for name, idx in (("train", train_split), ("test", test_split)):
+        tf_split = load_tfds_split(name, data_dir=str(tfds_run[0]),
+                                   manual_dir=str(fashion_mnist_dir))
+        np.testing.assert_array_equal(tf_split.images, idx.images)
+        np.testing.assert_array_equal(tf_split.labels, idx.labels)
 
 
 def test_tensorflow_import_noise_is_dropped_and_the_rest_kept(capfd, monkeypatch):

@@ -3,18 +3,18 @@
 The events are a view of metrics.jsonl, never a second record: at the start of a run (fresh or
 resumed) the folder is rewritten from the points metrics.jsonl keeps, then each new point is
 appended as it is logged. So a resumed run continues the same curves with no point twice and
-none missing. TensorBoard's own writer and protos (the `tensorboard` package) need no
-TensorFlow (where it is installed they import it, and so it is imported quietly);
+none missing. TensorBoard's own writer, reader and protos (the `tensorboard` package) run on
+its own file layer: `without_tensorflow` keeps them from importing TensorFlow where it is
+installed (5 s of every `train` start on the idx source, measured: benchmarks/NOTES.md 34).
 `tensorboard --logdir runs` overlays every run's curves.
 """
 
 from __future__ import annotations
 
-import contextlib
+import sys
 import time
+import types
 from pathlib import Path
-
-from ..runtime.tf_import import import_quietly
 
 EVENTS_DIR = "tensorboard"
 # metrics.jsonl key -> TensorBoard tag
@@ -22,14 +22,20 @@ TAGS = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test
         "test_acc": "test/acc", "examples_per_sec": "speed/examples_per_sec", "lr": "train/lr"}
 
 
+def without_tensorflow() -> None:
+    """Make `tensorboard.compat.tf` its TensorFlow stub: tensorboard picks the stub when a
+    module `tensorboard.compat.notf` exists (the switch of its TensorFlow-free build), and
+    otherwise imports TensorFlow for local file writes the stub does as well."""
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 class EventLog:
     """TensorBoard scalars, one event per metrics point, stepped by the global train step."""
 
     def __init__(self, workdir: Path, points: list[dict], lr: float):
+        without_tensorflow()
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        with contextlib.suppress(ImportError):  # the writer imports TensorFlow where it is
-            import_quietly("tensorflow")
         folder = Path(workdir) / EVENTS_DIR
         for old in folder.glob("events.out.tfevents.*"):  # rebuilt from metrics.jsonl below
             old.unlink()
@@ -57,6 +63,7 @@ class EventLog:
 
 def read_scalars(workdir: Path) -> dict[str, list[tuple[int, float]]]:
     """tag -> [(step, value)] from a work dir's event files, with TensorBoard's own reader."""
+    without_tensorflow()
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     scalars: dict[str, list[tuple[int, float]]] = {}

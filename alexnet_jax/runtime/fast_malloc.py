@@ -108,9 +108,9 @@ def allocator_note(backend: str) -> str | None:
         return None
     kept = allocator() == GLIBC_KEPT
     return ("note: tcmalloc is not installed, so CPU steps run on glibc's malloc"
-            + (", set to keep freed memory: about as fast, with more peak memory (measured on"
-               " 2 cores at batch 128: 60-64 images/s and 5.3-6.7 GiB against tcmalloc's 64-66"
-               " and 4.0 GiB)" if kept else
-               ", which is slower (measured on 2 cores at batch 128: 48-51 images/s against"
-               " tcmalloc's 64-66)")
-            + "; on Debian or Ubuntu: apt-get install libtcmalloc-minimal4")
+            + (", set to keep freed memory: about as fast as tcmalloc, with more peak memory"
+               if kept else
+               ", which gives the step's scratch memory back after every step and faults it in"
+               " again: a slower step")
+            + "; on Debian or Ubuntu: apt-get install libtcmalloc-minimal4 (figures: "
+              "benchmarks/NOTES.md in the source, sections 7 and 29)")

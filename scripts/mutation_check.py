@@ -1,0 +1,127 @@
+"""Break the code on purpose, one guarantee at a time, and check that the suite notices.
+
+Each mutation replaces one piece of text in one file, runs the tests said to guard that
+guarantee, expects them to fail, and puts the file back (also on Ctrl-C). It prints a
+Markdown table of what was broken and which test caught it (benchmarks/NOTES.md keeps one).
+
+    FASHION_MNIST_DIR=... python scripts/mutation_check.py            # every mutation
+    FASHION_MNIST_DIR=... python scripts/mutation_check.py digest pool  # some of them
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = "alexnet_jax/"
+
+# name: (guarantee, file, text, replacement, tests)
+MUTATIONS = {
+    "resume-late": (
+        "resume bit-exact after a stop", PKG + "training/loop.py",
+        "first = max(start_step - epoch * run.steps_per_epoch, 0)",
+        "first = max(start_step - epoch * run.steps_per_epoch, 0) + (start_step > 0)",
+        ["tests/test_faults.py::test_stop_at_any_step_resumes_to_the_same_run"]),
+    "shuffle-epoch": (
+        "each epoch reshuffled from (seed, epoch)", PKG + "data/input_pipeline.py",
+        "np.random.default_rng([seed, epoch])", "np.random.default_rng([seed, 0])",
+        ["tests/test_data.py::test_epoch_order_and_batches"]),
+    "winograd-sign": (
+        "Winograd equal to XLA's convolutions", PKG + "kernels/winograd.py",
+        "POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5,",
+        "POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, 0.5,",
+        ["tests/test_fast_grads.py::test_conv_value_and_grads_equal_xla"]),
+    "dropout-key": (
+        "a fresh dropout key each step", PKG + "training/steps.py",
+        "jax.random.fold_in(jax.random.wrap_key_data(rng), step)",
+        "jax.random.fold_in(jax.random.wrap_key_data(rng), 0)",
+        ["tests/test_equivalence.py::test_each_train_step_drops_with_its_own_key_at_d2ls_rate"]),
+    "digest": (
+        "a checkpoint's bytes checked against its SHA-256", PKG + "training/checkpoints.py",
+        "tmp.write_text(tree_digest(host_tree) + \"\\n\")", "return",
+        ["tests/test_faults.py::test_corrupted_checkpoint_is_detected"]),
+    "resize-rounding": (
+        "every pixel equal to Pillow's", PKG + "data/preprocess.py",
+        "math.trunc(0.5 + w * _SCALE)", "math.trunc(0.4 + w * _SCALE)",
+        ["tests/test_data.py::test_resize_matches_pillow_on_random_images"]),
+    "loss-sum": (
+        "the step equal to d2l's PyTorch step", PKG + "training/steps.py",
+        "jnp.where(real, losses, 0.0)", "jnp.where(real, losses, 0.0) * 1.01",
+        ["tests/test_equivalence.py::test_grads_float32_random"]),
+    "padding-counted": (
+        "N devices equal one (padded last batch)", PKG + "training/steps.py",
+        "return jnp.where(real, losses, 0.0)", "return losses",
+        ["tests/test_parallel.py::test_padding_examples_change_nothing"]),
+    "finite-check": (
+        "nothing non-finite is saved", PKG + "training/run_state.py",
+        "if bad := checkpoints.non_finite(tree):", "if bad := []:",
+        ["tests/test_faults.py::test_parameters_that_go_non_finite_are_never_saved"]),
+    "corrupt-fallback": (
+        "a corrupt checkpoint is set aside, the previous one used", PKG + "training/checkpoints.py",
+        "if strict or step is not None:", "if True:",
+        ["tests/test_faults.py::test_corrupted_checkpoint_is_detected"]),
+    "lost-peer": (
+        "a lost process ends the survivor with one line", PKG + "runtime/supervise.py",
+        "if code in (-signal.SIGABRT, 128 + signal.SIGABRT, -signal.SIGSEGV):",
+        "if False:",
+        ["tests/test_parallel.py::test_a_lost_process_ends_the_survivor_with_one_line_and_the_run_resumes"]),
+    "augment-key": (
+        "augmentation drawn from the step's key", PKG + "training/steps.py",
+        "jax.random.fold_in(dropout_key, AUGMENT_STREAM)",
+        "jax.random.fold_in(jax.random.key(0), AUGMENT_STREAM)",
+        ["tests/test_augment.py::test_same_seed_same_run_and_the_flag_changes_it",
+         "tests/test_augment.py::test_stopped_anywhere_resumes_bit_exactly"]),
+    "default-lr": (
+        "d2l's defaults in one place", PKG + "config.py",
+        "lr: float = 0.01", "lr: float = 0.1",
+        ["tests/test_cli.py::test_train_defaults_are_the_configs"]),
+    "cli-imports-jax": (
+        "help and usage errors without JAX", PKG + "cli_parser.py",
+        "import math\n", "import math\n\nimport jax  # noqa: F401\n",
+        ["tests/test_cli.py::test_help_and_a_bad_flag_import_no_jax"]),
+}
+
+
+def run(name: str) -> tuple[str, str, float]:
+    """(verdict, the failing tests, seconds) of one mutation."""
+    _, rel, old, new, tests = MUTATIONS[name]
+    path = ROOT / rel
+    original = path.read_text()
+    if original.count(old) != 1:
+        return f"NOT APPLIED: the text occurs {original.count(old)} times in {rel}", "", 0.0
+    t0 = time.monotonic()
+    try:
+        path.write_text(original.replace(old, new))
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p",
+                               "no:cacheprovider", "-o", "addopts=", *tests],
+                              cwd=ROOT, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    failed = sorted(set(re.findall(r"^FAILED (\S+)", proc.stdout, re.M)))
+    verdict = "caught" if proc.returncode == 1 and failed else \
+        f"NOT CAUGHT (pytest exit {proc.returncode})"
+    return verdict, ", ".join(f"`{t.split('::', 1)[1]}`" for t in failed), \
+        time.monotonic() - t0
+
+
+def main(names: list[str]) -> int:
+    names = names or list(MUTATIONS)
+    print("| mutation | guarantee | what was changed | verdict | failing test | s |")
+    print("| --- | --- | --- | --- | --- | ---: |")
+    missed = 0
+    for name in names:
+        guarantee, rel, old, new, _ = MUTATIONS[name]
+        verdict, failed, seconds = run(name)
+        missed += verdict != "caught"
+        change = f"`{rel}`: `{old.strip()}` -> `{new.strip()}`".replace("|", "\\|")
+        print(f"| {name} | {guarantee} | {change} | {verdict} | {failed} | {seconds:.0f} |",
+              flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
