@@ -68,7 +68,7 @@ MUTATIONS = {
         "a lost process ends the survivor with one line", PKG + "runtime/supervise.py",
         "if code in (-signal.SIGABRT, 128 + signal.SIGABRT, -signal.SIGSEGV):",
         "if False:",
-        ["tests/test_parallel.py::test_a_lost_process_ends_the_survivor_with_one_line_and_the_run_resumes"]),
+        ["tests/test_lost_process.py"]),
     "augment-key": (
         "augmentation drawn from the step's key", PKG + "training/steps.py",
         "jax.random.fold_in(dropout_key, AUGMENT_STREAM)",

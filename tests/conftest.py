@@ -196,3 +196,24 @@ def corrupt_array_data(checkpoint: Path, how: str) -> Path:
             data[i] ^= 0xFF
     target.write_bytes(bytes(data))
     return target
+
+
+def finish(proc, timeout: float) -> str:
+    """The stdout of a training subprocess that must end well within `timeout` seconds."""
+    try:
+        output, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"{output}\n{err or ''}"
+    return output
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a coordinator."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]

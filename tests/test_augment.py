@@ -134,11 +134,12 @@ def test_same_seed_same_run_and_the_flag_changes_it(augmented_run, reference_run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_after", [1, 3, 4])
+@pytest.mark.parametrize("stop_after", [1, 4])
 def test_stopped_anywhere_resumes_bit_exactly(stop_after, augmented_run, fashion_mnist_dir,
                                               tmp_path):
-    """SIGTERM mid-epoch (1, 4) or at an epoch's end (3), then the same command: the run
-    that never stopped, bit for bit (its augmentation keys come from the saved state)."""
+    """SIGTERM after the run's first step (1) or the second epoch's first (4), then the same
+    command: the run that never stopped, bit for bit (its augmentation keys come from the
+    saved state). Steps 2, 3 and 6 are stopped without --augment in tests/test_faults.py."""
     workdir = tmp_path / "w"
     with sigterm_after(stop_after):
         assert main(train_args(workdir, fashion_mnist_dir, 2, "--augment")) == \

@@ -13,13 +13,13 @@ pytestmark = pytest.mark.slow  # every test here runs AlexNet steps
 def test_benchmark_one_step(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["benchmark", "--batch-size", "2", "--steps", "1", "--warmup", "1",
-                 "--variants", "jax-f32-default", "jax-bf16", "torch-eager", "--json",
+                 "--variants", "jax-f32-default", "torch-eager", "--json",
                  str(out_json), "--profile", str(tmp_path / "trace")]) == 0
     table = capsys.readouterr().out
     assert "| jax-f32-default | 2 |" in table and "| torch-eager | 2 |" in table
     result = json.loads(out_json.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert set(rows) == {"jax-f32-default", "jax-bf16", "torch-eager"}
+    assert set(rows) == {"jax-f32-default", "torch-eager"}  # bfloat16: test_fast_grads.py
     for row in rows.values():
         assert "error" not in row, row
         for key in ("images_per_sec", "step_ms_median", "tflops_per_sec", "vs_torch_eager"):
@@ -33,9 +33,8 @@ def test_benchmark_one_step(tmp_path, capsys):
     assert result["device_kind"] and result["versions"]["jax"]
     assert result["malloc"] in ("system", "tcmalloc", "jemalloc")  # it changes CPU figures
     # --profile: a jax.profiler trace of each JAX row's timed steps
-    for variant in ("jax-f32-default", "jax-bf16"):
-        run = tmp_path / "trace" / f"{variant}-batch2" / "plugins" / "profile"
-        assert list(run.glob("*/*.xplane.pb")) and list(run.glob("*/perfetto_trace.json.gz"))
+    run = tmp_path / "trace" / "jax-f32-default-batch2" / "plugins" / "profile"
+    assert list(run.glob("*/*.xplane.pb")) and list(run.glob("*/perfetto_trace.json.gz"))
 
 
 def test_benchmark_epoch_rows(fashion_mnist_dir, tmp_path, capsys):
