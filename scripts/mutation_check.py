@@ -74,8 +74,7 @@ MUTATIONS = {
         "augmentation drawn from the step's key", PKG + "training/steps.py",
         "jax.random.fold_in(dropout_key, AUGMENT_STREAM)",
         "jax.random.fold_in(jax.random.key(0), AUGMENT_STREAM)",
-        ["tests/test_augment.py::test_same_seed_same_run_and_the_flag_changes_it",
-         "tests/test_augment.py::test_stopped_anywhere_resumes_bit_exactly"]),
+        ["tests/test_augment.py::test_each_step_draws_its_own_augmentation"]),
     "default-lr": (
         "d2l's defaults in one place", PKG + "config.py",
         "lr: float = 0.01", "lr: float = 0.1",

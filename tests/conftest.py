@@ -23,6 +23,7 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 MEASURED: list[str] = []
+SECONDS_PER_FILE: dict[str, float] = {}  # setup, call and teardown of every test in a file
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -31,6 +32,11 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if SECONDS_PER_FILE:
+        terminalreporter.section("seconds per test file (summed over workers)")
+        for name, seconds in sorted(SECONDS_PER_FILE.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:8.1f}  {name}")
+        terminalreporter.write_line(f"{sum(SECONDS_PER_FILE.values()):8.1f}  in all")
     if MEASURED:
         terminalreporter.section("measured errors and statistics")
         for line in MEASURED:
@@ -38,8 +44,10 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_runtest_logreport(report):
-    """Collect the figures a test measured; with pytest-xdist its report reaches us from the
-    worker that ran it, user properties included."""
+    """Collect the figures a test measured, and its time per file; with pytest-xdist its
+    report reaches us from the worker that ran it, user properties included."""
+    name = report.nodeid.split("::")[0]
+    SECONDS_PER_FILE[name] = SECONDS_PER_FILE.get(name, 0.0) + report.duration
     if report.when == "teardown":
         MEASURED.extend(value for key, value in report.user_properties if key == "measured")
 

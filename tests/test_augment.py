@@ -76,6 +76,18 @@ def test_draws_flip_half_spread_shifts_and_scale_as_the_paper(report):
     np.testing.assert_array_equal(np.asarray(again[3]), scale)
 
 
+def test_each_step_draws_its_own_augmentation():
+    """The augmentation key derives from the step's key: the same step draws the same
+    transforms (as a resumed run must), the next step others (a fixed key would repeat
+    them every step)."""
+    rng = run_rng(0)
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28), np.uint8))
+    first, again, second = (np.asarray(step_input(rng, step, images, True)[0])
+                            for step in (0, 0, 1))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, second)
+
+
 def test_train_step_input_and_show_batch_agree(test_split):
     """The train step's input with augmentation is show-batch's picture; without, d2l's
     preprocessing alone; the two keys of a step differ."""

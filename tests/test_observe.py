@@ -89,7 +89,7 @@ def test_plot_several_runs(tmp_path, capsys):
     assert png.stat().st_size > 0 and "2 runs" in capsys.readouterr().out
 
     from alexnet_jax.observe.plots import plot_runs
-    from alexnet_jax.training.run_dir import read_points
+    from alexnet_jax.training.metrics_log import read_points
 
     fig = plot_runs({os.path.basename(r): read_points(tmp_path / r / "metrics.jsonl")
                      for r in runs}, tmp_path / "again.png")

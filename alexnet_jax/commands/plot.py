@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..training.run_dir import RunError, read_points
+from ..training.metrics_log import read_points
+from ..training.run_dir import RunError
 
 
 def plot_command(args) -> None:

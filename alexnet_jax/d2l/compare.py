@@ -20,7 +20,8 @@ from ..data.fashion_mnist import Split, load_split
 from ..data.input_pipeline import epoch_order, num_batches
 from ..observe.progress import Progress
 from ..training.loop import train_and_evaluate
-from ..training.run_dir import RunError, TrainConfig, read_points, write_atomic
+from ..training.metrics_log import read_points
+from ..training.run_dir import RunError, TrainConfig, write_atomic
 from ..training.saved_state import start_from
 
 FRAMEWORKS = ("d2l (PyTorch)", "alexnet-jax")

@@ -75,13 +75,12 @@ def train_in_child(argv: list[str], process: str) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if code == 0:
-        log.unlink(missing_ok=True)
-        return 0
     if code in (-signal.SIGABRT, 128 + signal.SIGABRT, -signal.SIGSEGV):
         print(f"alexnet-jax: error: {aborted_line(log, process)}", file=sys.stderr, flush=True)
         return 1
-    return code if code > 0 else 128 - code
+    if code == 0 or not log.is_file() or log.stat().st_size == 0:  # kept where it may tell
+        log.unlink(missing_ok=True)
+    return code if code >= 0 else 128 - code
 
 
 def aborted_line(log: Path, process: str) -> str:

@@ -22,6 +22,7 @@ from ..observe.progress import Progress
 from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from . import checkpoints, run_dir
 from . import lock as workdir_lock
+from .metrics_log import MetricsLog
 from .report import CpuEstimate, closing_report, compiled_lines, metrics_point, progress_line
 from .run_dir import RunError, TrainConfig
 from .run_state import Run, Tally, check_loss, save, stop
@@ -80,7 +81,7 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
         raise RunError(checkpoints.none_usable(workdir, saved))
     run_dir.write_config(workdir, config, extra=provenance)
     start_step = int(state.step)
-    log = run_dir.MetricsLog(workdir / "metrics.jsonl", start_step, out=out)
+    log = MetricsLog(workdir / "metrics.jsonl", start_step, out=out)
     log.mirror(config.lr)
     run = Run(config, workdir, train_pipe, test_pipe, mngr, log,
               time.perf_counter() - float(totals["wall_seconds"]), out)

@@ -13,7 +13,8 @@ from ..data.release import TRAIN_IMAGES
 from ..observe.progress import duration
 from ..runtime.fast_malloc import allocator_note
 from ..runtime.parallel import device_name
-from .run_dir import MetricsLog, RunError
+from .metrics_log import MetricsLog
+from .run_dir import RunError
 
 
 def metrics_point(epoch_metrics, global_step: int, steps_per_epoch: int, totals: dict,

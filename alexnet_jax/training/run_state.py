@@ -16,6 +16,7 @@ from ..config import TrainConfig
 from ..data.input_pipeline import InputPipeline
 from ..observe.progress import Progress
 from . import checkpoints, run_dir
+from .metrics_log import MetricsLog
 from .report import CpuEstimate
 from .run_dir import RunError
 from .steps import TrainState
@@ -31,7 +32,7 @@ class Run:
     train_pipe: InputPipeline
     test_pipe: InputPipeline
     mngr: checkpoints.Manager
-    log: run_dir.MetricsLog
+    log: MetricsLog
     wall_start: float  # perf_counter at the start, less the wall time of earlier sessions
     out: Callable[[str], None]
     flag: SignalFlag = field(default_factory=SignalFlag)

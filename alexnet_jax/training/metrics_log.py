@@ -1,0 +1,58 @@
+"""metrics.jsonl: d2l's points of a run, one JSON object a line, and their TensorBoard mirror.
+
+A resumed run cuts the file back to its checkpoint's step, so no point is ever there twice;
+a torn last line (a crash mid-write) is dropped with a note.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..observe.events import EventLog
+from ..runtime.parallel import is_primary
+from .run_dir import RunError, write_atomic
+
+
+def read_points(path: Path, out=print) -> list[dict]:
+    """The points of a metrics.jsonl; a torn last line (a crash mid-write) is dropped."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    points = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise RunError(f"{path}, line {number}, is damaged: {line[:60]!r}; delete that "
+                               "line, or start the run over with `train --restart`") from None
+            out(f"note: dropped the torn last line of {path} (a crash mid-write)")
+    return points
+
+
+class MetricsLog:
+    """metrics.jsonl, which a resume cuts back to its step; `mirror` adds TensorBoard."""
+
+    def __init__(self, path: Path, resume_step: int, out=print):
+        self.path = path
+        self.write = is_primary()  # one writer in a multi-process run
+        self.points = [p for p in read_points(path, out) if p["step"] <= resume_step]
+        if path.exists() and self.write:
+            write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
+        self.events: EventLog | None = None
+
+    def mirror(self, lr: float) -> None:
+        """Mirror the points kept, and each one added, to TensorBoard (tagged with `lr`)."""
+        if self.write:
+            self.events = EventLog(self.path.parent, self.points, lr)
+
+    def close(self) -> None:
+        if self.events:
+            self.events.close()
+
+    def add(self, point: dict) -> None:
+        self.points.append(point)
+        if self.events:  # only the writing process has them
+            self.events.add(point)
+        if self.write:
+            with self.path.open("a") as f:
+                f.write(json.dumps(point) + "\n")
