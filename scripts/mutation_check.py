@@ -117,7 +117,8 @@ def main(names: list[str]) -> int:
         guarantee, rel, old, new, _ = MUTATIONS[name]
         verdict, failed, seconds = run(name)
         missed += verdict != "caught"
-        change = f"`{rel}`: `{old.strip()}` -> `{new.strip()}`".replace("|", "\\|")
+        change = f"`{rel}`: `{old.strip()}` -> `{new.strip()}`".replace("|", "\\|").replace(
+            "\n", "\\n")
         print(f"| {name} | {guarantee} | {change} | {verdict} | {failed} | {seconds:.0f} |",
               flush=True)
     return 1 if missed else 0
