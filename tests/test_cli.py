@@ -1,8 +1,11 @@
 """The command answers help and usage errors without loading JAX, and its defaults are the
 run's settings (alexnet_jax/config.py), not a second copy."""
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from alexnet_jax.cli_parser import build_parser
 from alexnet_jax.config import D2L, TrainConfig
@@ -17,32 +20,55 @@ try:
     code = entry()
 except SystemExit as exit:
     code = exit.code
+import os
 heavy = sorted(m for m in ('jax', 'flax', 'optax', 'tensorflow') if m in sys.modules)
 print('RESULT', code, heavy)
+print('MALLOC', os.environ.get('ALEXNET_JAX_MALLOC'))
 """
 
 
-def run_entry(*argv: str) -> subprocess.CompletedProcess:
+def run_entry(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("ALEXNET_JAX_MALLOC", "LD_PRELOAD")}
     return subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=120, env={**base, **env})
+
+
+def result(proc: subprocess.CompletedProcess) -> str:
+    return next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
 
 
 def test_help_and_a_bad_flag_import_no_jax():
     proc = run_entry("train", "--epochs", "x")
-    assert proc.stdout.strip().splitlines()[-1] == "RESULT 2 []", proc.stdout + proc.stderr
+    assert result(proc) == "RESULT 2 []", proc.stdout + proc.stderr
     assert "--epochs: expected a positive integer, got 'x'" in proc.stderr
     proc = run_entry("--help")
-    assert proc.stdout.strip().splitlines()[-1] == "RESULT 0 []", proc.stdout + proc.stderr
+    assert result(proc) == "RESULT 0 []", proc.stdout + proc.stderr
     assert "compare-torch" in proc.stdout
     proc = run_entry("train", "--help")
-    assert proc.stdout.strip().splitlines()[-1] == "RESULT 0 []", proc.stdout + proc.stderr
+    assert result(proc) == "RESULT 0 []", proc.stdout + proc.stderr
 
 
 def test_a_command_that_runs_imports_jax():
-    """The check above can fail: `summary` (which does import the model) reports JAX."""
+    """The check above can fail: `summary` (which does import the model) reports JAX. It
+    runs no steps, so it keeps the allocator it started with (no re-execution)."""
     proc = run_entry("summary")
     assert "total parameters: 46,764,746" in proc.stdout
-    assert proc.stdout.strip().splitlines()[-1] == "RESULT 0 ['flax', 'jax']", proc.stdout
+    assert result(proc) == "RESULT 0 ['flax', 'jax']", proc.stdout
+    assert "MALLOC None" in proc.stdout
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the allocator is chosen on Linux only")
+def test_only_a_command_that_runs_steps_on_a_cpu_re_executes_for_the_allocator(tmp_path):
+    """`evaluate` runs steps: on the CPU it re-executes once under the kept-memory malloc
+    (and then fails on the missing work dir, one line); told it runs on a GPU, it does not."""
+    missing = str(tmp_path / "none")
+    on_cpu = run_entry("evaluate", "--workdir", missing, JAX_PLATFORMS="cpu")
+    assert result(on_cpu).startswith("RESULT 1 "), on_cpu.stdout + on_cpu.stderr
+    assert on_cpu.stdout.count("RESULT") == 1  # the first start re-executed, it did not return
+    assert "MALLOC tcmalloc" in on_cpu.stdout or "MALLOC glibc-kept" in on_cpu.stdout
+    assert "does not exist" in on_cpu.stderr
+    on_gpu = run_entry("evaluate", "--workdir", missing, JAX_PLATFORMS="cuda")
+    assert "MALLOC None" in on_gpu.stdout, on_gpu.stdout + on_gpu.stderr
 
 
 def test_train_defaults_are_the_configs():
