@@ -104,7 +104,7 @@ def _digest_path(mngr: ocp.CheckpointManager, step: int) -> Path:
 def save(mngr: Manager, step: int, tree: dict[str, Any]) -> None:
     """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames),
     and its SHA-256 digest on a thread, from a host copy of the state taken now (the next
-    step reuses the state's buffers). Hashing 47M parameters takes 0.2 s on a CPU core that
+    step reuses the state's buffers). Hashing 47M parameters takes 0.12 s of a CPU core that
     the step would otherwise wait for (benchmarks/NOTES.md 33). A process killed after orbax
     finalizes but before the digest lands leaves a checkpoint without one: it restores
     unverified, as checkpoints of versions before digests do."""
@@ -125,7 +125,7 @@ def _write_digest(mngr: Manager, step: int, host_tree: dict[str, Any]) -> None:
         tmp = digest.with_suffix(".tmp")
         tmp.write_text(tree_digest(host_tree) + "\n")
         os.replace(tmp, digest)
-    except BaseException as err:  # reported by the next wait_until_finished
+    except BaseException as err:  # raised by the next Manager.finish
         mngr.digest_error = err
 
 

@@ -117,11 +117,11 @@ def train_epochs(run: Run, tally: Tally, state, epoch_metrics):
                                           seconds if first == 0 else None)
                 if run.flag.agreed() and epoch + 1 < run.config.epochs:
                     stop(run, tally)  # at an epoch's end, after its test accuracy and save
-        run.progress.close()
         return state, closing_report(run.log, tally.totals, run.out)
     finally:
-        run.mngr.finish()
-        run.mngr.close()
+        if run.progress:
+            run.progress.close()
+        run.mngr.close()  # after the last save and its digest (Manager.close)
         run.log.close()
 
 
