@@ -17,6 +17,9 @@ CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: \([0-9]
 JAX_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 12,$(CUDA_MAJOR)),cuda12,cuda13),)
 
 BIN := $(VENV)/bin
+# Python compiles a module when it is first imported; compiling every file of TensorFlow,
+# PyTorch and SciPy at install time took a third of each install (benchmarks/NOTES.md 35).
+PIP_INSTALL = $(BIN)/pip install -q --no-compile
 
 # A second Python, checked without PyTorch (its CPU wheel is on hand for one Python only):
 # make check-python PYTHON=python3.13 VENV=.venv-3.13
@@ -43,7 +46,7 @@ test: $(VENV)/.installed-test $(TPU_AOT)
 		$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(PYTEST)
 
 $(TPU_AOT_DIR)/.installed: pyproject.toml | $(VENV)/.installed-test
-	$(BIN)/pip install -q --no-deps --upgrade --target $(TPU_AOT_DIR) "$(LIBTPU_PIN)"
+	$(PIP_INSTALL) --no-deps --upgrade --target $(TPU_AOT_DIR) "$(LIBTPU_PIN)"
 	touch $@
 
 test-fast: $(VENV)/.installed-test
@@ -63,14 +66,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed-train: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".$(if $(JAX_EXTRA),[$(JAX_EXTRA)])"
+	$(PIP_INSTALL) -e ".$(if $(JAX_EXTRA),[$(JAX_EXTRA)])"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e ".[test]"
+	$(PIP_INSTALL) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP_INSTALL) -e ".[test]"
 	touch $@
 
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[test-base]"
+	$(PIP_INSTALL) -e ".[test-base]"
 	touch $@
