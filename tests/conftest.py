@@ -8,6 +8,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# The tests run on the allocator the command chooses (tcmalloc where installed, else glibc's
+# malloc set to keep freed memory): on glibc's malloc as it is, every step faults its scratch
+# memory in again (the system time was a fifth of the suite's). The allocator is fixed when a
+# process starts: pytest-xdist's workers, and the commands the tests start, inherit this.
+from alexnet_jax.runtime.fast_malloc import chosen_allocator  # noqa: E402
+
+os.environ.update(chosen_allocator())
+
 # One XLA compilation cache for this session, its pytest-xdist workers and the training
 # subprocesses they start, so the same program (init, train step) is compiled once, not once
 # per process; every program, not only those over JAX's default 1 s of compiling (a training

@@ -26,10 +26,14 @@ from alexnet_jax.runtime.parallel import check_batch_size, make_mesh, pad_indice
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
 
+STEPS = 2  # per epoch: a step after a step, and an epoch's end, at the least cost
+
+
 def settings(workdir, data, **kw) -> dict:
-    """3 steps of 8 images (24 train images, no partial batch), 12 test images, float64."""
-    return {"workdir": str(workdir), "batch_size": 8, "limit_train": 24, "limit_test": 12,
-            "source": "idx", "manual_dir": str(data), "dtype": "float64", **kw}
+    """2 steps of 4 images (1 a device on 4), 8 test images, float64."""
+    return {"workdir": str(workdir), "batch_size": 4, "limit_train": 4 * STEPS,
+            "limit_test": 8, "source": "idx", "manual_dir": str(data), "dtype": "float64",
+            **kw}
 
 
 def worker(prefix, config: dict, epochs="1", devices=1, distributed=()) -> subprocess.Popen:
@@ -118,7 +122,7 @@ def test_padding_examples_change_nothing(test_split):
 
 @pytest.fixture(scope="module")
 def one_device_run(fashion_mnist_dir, tmp_path_factory):
-    """The reference: 1 device, 1 process, trained to epoch 1 (3 steps) and then epoch 2,
+    """The reference: 1 device, 1 process, trained to epoch 1 (2 steps) and then epoch 2,
     with --augment (each image's draws must not depend on the sharding either)."""
     tmp = tmp_path_factory.mktemp("one")
     finish(worker(tmp / "one", settings(tmp / "w", fashion_mnist_dir, augment=True), "1,2"),
@@ -134,9 +138,9 @@ def test_four_devices_equal_one_and_restore_on_one(one_device_run, fashion_mnist
     finish(worker(tmp_path / "four", settings(workdir4, fashion_mnist_dir, augment=True),
                   devices=4), 300)
     four = np.load(tmp_path / "four_e1.npz")
-    assert int(four["devices"]) == 4 and int(four["step"]) == 3
+    assert int(four["devices"]) == 4 and int(four["step"]) == STEPS
     name, err = worst_error(four, one)
-    report(f"4 devices vs 1, 3 augmented steps, float64: worst parameter ({name})", err,
+    report(f"4 devices vs 1, {STEPS} augmented steps, float64: worst parameter ({name})", err,
            1e-5)
     assert err <= 1e-5
     for key in ("train_acc", "test_acc"):
@@ -144,34 +148,30 @@ def test_four_devices_equal_one_and_restore_on_one(one_device_run, fashion_mnist
     assert rel_err(four["train_loss"], one["train_loss"]) < 1e-6  # float32 sums
     points1, points4 = ([json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
                         for w in (workdir1, workdir4))
-    assert len(points4) == 3
-    assert [p["train_acc"] for p in points4] == [p["train_acc"] for p in points1[:3]]
+    assert len(points4) == STEPS
+    assert [p["train_acc"] for p in points4] == [p["train_acc"] for p in points1[:STEPS]]
     np.testing.assert_allclose([p["train_loss"] for p in points4],
-                               [p["train_loss"] for p in points1[:3]], rtol=1e-6)
+                               [p["train_loss"] for p in points1[:STEPS]], rtol=1e-6)
     assert len(json.loads((workdir4 / "config.json").read_text())["devices"]) == 4
 
     # The 4-device checkpoint restores on 1 device and training goes on like the run that
     # never left 1 device.
     output = finish(worker(tmp_path / "resumed", settings(workdir4, fashion_mnist_dir,
                                                           augment=True), "2"), 300)
-    assert "resuming from the checkpoint at step 3 (epoch 2, batch 0)" in output
+    assert f"resuming from the checkpoint at step {STEPS} (epoch 2, batch 0)" in output
     resumed = np.load(tmp_path / "resumed_e2.npz")
-    assert int(resumed["devices"]) == 1 and int(resumed["step"]) == 6
+    assert int(resumed["devices"]) == 1 and int(resumed["step"]) == 2 * STEPS
     name, err = worst_error(resumed, one_e2)
-    report(f"4-device checkpoint resumed on 1, 6 steps: worst parameter ({name})", err, 1e-5)
+    report(f"4-device checkpoint resumed on 1, {2 * STEPS} steps: worst parameter ({name})",
+           err, 1e-5)
     assert err <= 1e-5
-
-
-def small_settings(workdir, data, **kw) -> dict:
-    """3 steps of 4 images."""
-    return settings(workdir, data, limit_train=12, batch_size=4, limit_test=4, **kw)
 
 
 @pytest.fixture(scope="module")
 def one_process_run(fashion_mnist_dir, tmp_path_factory):
-    """The reference for 2 processes: one process, device pipeline, 3 steps."""
+    """The reference for 2 processes: one process, device pipeline, 2 steps."""
     tmp = tmp_path_factory.mktemp("one_process")
-    finish(worker(tmp / "one", small_settings(tmp / "w", fashion_mnist_dir)), 120)
+    finish(worker(tmp / "one", settings(tmp / "w", fashion_mnist_dir)), 120)
     return np.load(tmp / "one_e1.npz")
 
 
@@ -179,13 +179,13 @@ def one_process_run(fashion_mnist_dir, tmp_path_factory):
 @pytest.mark.parametrize("pipeline", ["host"])
 def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, tmp_path,
                                  report):
-    """2 processes on loopback (jax.distributed, gloo collectives): 3 steps, same params.
+    """2 processes on loopback (jax.distributed, gloo collectives): 2 steps, same params.
 
     The host pipeline (each process reads its rows through tf.data) against one process on
     the device pipeline; the device pipeline's multi-process loading runs in the lost-process
     and SIGTERM tests below, and the two pipelines' pixels are equal (tests/test_data.py)."""
     one = one_process_run
-    config = small_settings(tmp_path / "two", fashion_mnist_dir, pipeline=pipeline)
+    config = settings(tmp_path / "two", fashion_mnist_dir, pipeline=pipeline)
     coordinator = f"localhost:{free_port()}"
     started = time.monotonic()
     procs = [worker(tmp_path / f"p{i}", config, distributed=(coordinator, 2, i))
@@ -202,23 +202,23 @@ def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, t
            time.monotonic() - started)
     saved = [np.load(tmp_path / f"p{i}_e1.npz") for i in range(2)]
     assert [int(s["processes"]) for s in saved] == [2, 2]
-    assert [int(s["step"]) for s in saved] == [3, 3]
+    assert [int(s["step"]) for s in saved] == [STEPS, STEPS]
     for key in one.files:
         if key.startswith("["):
             np.testing.assert_array_equal(saved[0][key], saved[1][key])
     name, err = worst_error(saved[0], one)
-    report(f"2 processes vs 1, 3 steps, float64 ({pipeline} pipeline): worst parameter "
+    report(f"2 processes vs 1, {STEPS} steps, float64 ({pipeline} pipeline): worst parameter "
            f"({name})", err, 1e-5)
     assert err <= 1e-5
     assert float(saved[0]["train_acc"]) == float(one["train_acc"])
     assert "examples/sec on 2 x cpu" in outputs[0] and "examples/sec" not in outputs[1]
-    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 3
+    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == STEPS
     from alexnet_jax.observe.events import read_scalars  # TensorBoard events: process 0 alone
 
     assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    assert [step for step, _ in read_scalars(tmp_path / "two")["train/loss"]] == [1, 2, 3]
+    assert [step for step, _ in read_scalars(tmp_path / "two")["train/loss"]] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()
-                  if p.name.isdigit()) == ["3"]
+                  if p.name.isdigit()) == [str(STEPS)]
 
 
 def test_cli_multi_host_flags_must_come_together(tmp_path, capsys):

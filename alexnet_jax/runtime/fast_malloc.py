@@ -81,23 +81,27 @@ def runs_on_cpu() -> bool:
     return True
 
 
-def choose_allocator() -> None:
-    """Re-execute this very command line once (on Linux, when ALEXNET_JAX_MALLOC is unset and
-    no other allocator is loaded): with tcmalloc preloaded where it is installed, else on
-    glibc with GLIBC_KEEP."""
+def chosen_allocator() -> dict[str, str]:
+    """The environment that starts a process on the allocator we choose (on Linux, when
+    ALEXNET_JAX_MALLOC is unset and no other allocator is loaded): tcmalloc preloaded where it
+    is installed, else glibc's malloc with GLIBC_KEEP. Empty when there is nothing to choose."""
     if sys.platform != "linux" or os.environ.get(ENV) or loaded_allocator() != "system":
-        return
+        return {}
     lib = find_tcmalloc()
     if lib is not None:
         preload = " ".join(p for p in (lib, os.environ.get("LD_PRELOAD", "")) if p)
-        chosen = {ENV: "tcmalloc", "LD_PRELOAD": preload}
-    elif platform.libc_ver()[0] == "glibc":
-        chosen = {ENV: GLIBC_KEPT, **GLIBC_KEEP}
-    else:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**os.environ, **chosen})
+        return {ENV: "tcmalloc", "LD_PRELOAD": preload}
+    if platform.libc_ver()[0] == "glibc":
+        return {ENV: GLIBC_KEPT, **GLIBC_KEEP}
+    return {}
+
+
+def choose_allocator() -> None:
+    """Re-execute this very command line once on `chosen_allocator`'s allocator."""
+    if chosen := chosen_allocator():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **chosen})
 
 
 def allocator_note(backend: str) -> str | None:
