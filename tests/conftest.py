@@ -199,6 +199,24 @@ def sigterm_after(steps: int):
         train.compile_steps = real_compile
 
 
+def assert_events_mirror_metrics(workdir) -> None:
+    """Every metrics.jsonl point is in the event files once, with its values."""
+    import json
+
+    from alexnet_jax.observe.events import read_scalars
+
+    points = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    scalars = read_scalars(workdir)
+    for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"),
+                     ("test_acc", "test/acc"), ("examples_per_sec", "speed/examples_per_sec")):
+        kept = [p for p in points if p.get(key) is not None]
+        events = scalars.get(tag, [])  # none yet: a run stopped in its first epoch
+        assert [step for step, _ in events] == [p["step"] for p in kept], tag
+        np.testing.assert_allclose([v for _, v in events], [p[key] for p in kept],
+                                   rtol=1e-6)
+    assert {v for _, v in scalars["train/lr"]} == {np.float32(0.01)}
+
+
 def assert_same_params(a, b) -> None:
     jax.tree.map(np.testing.assert_array_equal, a, b)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    assert_events_mirror_metrics,
     assert_same_params,
     assert_same_run,
     corrupt_array_data,
@@ -444,12 +446,20 @@ def test_stop_at_any_step_resumes_to_the_same_run(stop_after, fashion_mnist_dir,
     """SIGTERM after step 2 (mid-epoch), 3 (an epoch's last step: after its test accuracy and
     checkpoint) or 6 (the run's last) of 6, then the same command again: the same metrics,
     test accuracies, closing line and parameters. The run's first step and an epoch's first
-    (1 and 4) are stopped with --augment in tests/test_augment.py."""
+    (1 and 4) are stopped with --augment in tests/test_augment.py. TensorBoard's events hold
+    each metrics point once; a point logged past the checkpoint (as a kill between logging
+    and saving leaves) is dropped."""
     workdir = tmp_path / "w"
     with sigterm_after(stop_after):
         code = main(train_args(workdir, fashion_mnist_dir))
     assert code == (0 if stop_after == 6 else 128 + signal.SIGTERM)
+    assert_events_mirror_metrics(workdir)
+    if stop_after == 2:
+        with (workdir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({**run_record(workdir)[-1], "step": 3, "epoch": 1.0,
+                                "examples_per_sec": 1.0, "wall_seconds": 1.0}) + "\n")
     assert_same_run(finished(workdir, fashion_mnist_dir), reference_run)
+    assert_events_mirror_metrics(workdir)
 
 
 # ---- bad state dicts, bad settings, damaged records: one line, nothing written ----

@@ -4,44 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from conftest import run_record, sigterm_after, train_args
+from conftest import assert_events_mirror_metrics, run_record, train_args
 
 from alexnet_jax.cli import main
-from alexnet_jax.observe.events import read_scalars
-
-
-def assert_events_mirror_metrics(workdir) -> None:
-    """Every metrics.jsonl point is in the event files once, with its values."""
-    points = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    scalars = read_scalars(workdir)
-    for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"),
-                     ("test_acc", "test/acc"), ("examples_per_sec", "speed/examples_per_sec")):
-        kept = [p for p in points if p.get(key) is not None]
-        assert [step for step, _ in scalars[tag]] == [p["step"] for p in kept], tag
-        np.testing.assert_allclose([v for _, v in scalars[tag]], [p[key] for p in kept],
-                                   rtol=1e-6)
-    assert {v for _, v in scalars["train/lr"]} == {np.float32(0.01)}
-
-
-@pytest.mark.slow
-def test_events_mirror_metrics_once_also_after_a_stop(fashion_mnist_dir, tmp_path):
-    workdir = tmp_path / "w"
-    with sigterm_after(4):  # mid-epoch 2 of 2
-        assert main(train_args(workdir, fashion_mnist_dir)) == 128 + signal.SIGTERM
-    assert_events_mirror_metrics(workdir)
-    # a point past the checkpoint (as a kill between logging and saving leaves) is dropped
-    with (workdir / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({**run_record(workdir)[-1], "step": 5, "epoch": 1.67,
-                            "examples_per_sec": 1.0, "wall_seconds": 1.0}) + "\n")
-    assert main(train_args(workdir, fashion_mnist_dir)) == 0
-    assert [p["step"] for p in run_record(workdir)] == [1, 2, 3, 4, 5, 6]
-    assert_events_mirror_metrics(workdir)
 
 
 @pytest.mark.slow
