@@ -158,9 +158,24 @@ def finished(workdir, data, *extra) -> tuple:
 
 
 @pytest.fixture(scope="session")
-def reference_run(fashion_mnist_dir, tmp_path_factory):
-    """An uninterrupted small 2-epoch run, to compare stopped and resumed runs with."""
-    return finished(tmp_path_factory.mktemp("reference") / "w", fashion_mnist_dir)
+def reference_dir(fashion_mnist_dir, tmp_path_factory):
+    """An uninterrupted small 2-epoch run (checkpoints at steps 3 and 6): its work dir, which
+    tests copy (`copy_run`) rather than change, and what `finished` returns for it."""
+    workdir = tmp_path_factory.mktemp("reference") / "w"
+    return workdir, finished(workdir, fashion_mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def reference_run(reference_dir):
+    """The reference run's params, metrics points and closing line, to compare stopped and
+    resumed runs with."""
+    return reference_dir[1]
+
+
+def copy_run(reference_dir, workdir: Path) -> Path:
+    """A copy of the reference run's work dir, for a test that trains on in it or damages it."""
+    shutil.copytree(reference_dir[0], workdir)
+    return workdir
 
 
 def assert_same_run(got, reference) -> None:

@@ -34,7 +34,9 @@ def conv_value_and_grads(conv, x, w, g, stride, pad):
     return y, dx, dw
 
 
-CASES = [("conv1", 2)] + [(name, batch) for name in ("conv2", "conv3", "conv4", "conv5")
+# conv4 is conv3's geometry (12x12, 3x3, pad 1) with as many channels out as in: conv3
+# (256 -> 384) and conv5 (384 -> 256) would also catch the channels swapped, which it cannot.
+CASES = [("conv1", 2)] + [(name, batch) for name in ("conv2", "conv3", "conv5")
                           for batch in (2, WINOGRAD_MIN_BATCH)]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from conftest import (
     assert_events_mirror_metrics,
     assert_same_params,
     assert_same_run,
+    copy_run,
     corrupt_array_data,
     finished,
     params_of,
@@ -100,22 +100,13 @@ def test_sigkill_inside_a_save_falls_back_to_the_previous_checkpoint(fashion_mni
     assert_same_run((params_of(workdir), run_record(workdir), closing), reference_run)
 
 
-@pytest.fixture(scope="module")
-def checkpointed_run(fashion_mnist_dir, tmp_path_factory):
-    """The small run, checkpointed after every step of its second epoch, and its params."""
-    workdir = tmp_path_factory.mktemp("checkpointed") / "w"
-    assert main(train_args(workdir, fashion_mnist_dir, 1)) == 0
-    assert main(train_args(workdir, fashion_mnist_dir, 2, "--checkpoint-every-steps", "1")) == 0
-    return workdir, params_of(workdir)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "flip"])
-def test_corrupted_checkpoint_is_detected(checkpointed_run, fashion_mnist_dir, tmp_path, how,
+def test_corrupted_checkpoint_is_detected(reference_dir, fashion_mnist_dir, tmp_path, how,
                                           capsys):
-    workdir = tmp_path / how
-    shutil.copytree(checkpointed_run[0], workdir)
-    good = checkpointed_run[1]
+    """The reference run (checkpoints 3 and 6) with its newest checkpoint damaged."""
+    workdir = copy_run(reference_dir, tmp_path / how)
+    good = reference_dir[1][0]
     latest = steps_saved(workdir)[-1]
     corrupt_array_data(workdir / "checkpoints" / str(latest), how)
     capsys.readouterr()
@@ -136,7 +127,7 @@ def test_corrupted_checkpoint_is_detected(checkpointed_run, fashion_mnist_dir, t
     assert (workdir / "corrupted_checkpoints" / str(latest)).is_dir()
     assert "resuming from the checkpoint at step" in out
     assert f"step {latest}" not in out.split("resuming from the checkpoint at")[1].splitlines()[0]
-    assert_same_params(params_of(workdir), good)  # retrained the lost step to the same result
+    assert_same_params(params_of(workdir), good)  # retrained the lost steps to the same result
     if how == "flip":
         return
     # every checkpoint bad: stop and say how to start over, instead of retraining silently

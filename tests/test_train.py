@@ -10,17 +10,23 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import assert_same_params, d2l_images, params_of, rel_err, train_args
+from conftest import (
+    assert_same_params,
+    copy_run,
+    d2l_images,
+    params_of,
+    rel_err,
+    train_args,
+)
 
 from alexnet_jax.cli import main
 from alexnet_jax.training.saved_state import load_state
 
 
 @pytest.fixture(scope="module")
-def trained(fashion_mnist_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run") / "w"
-    assert main(train_args(workdir, fashion_mnist_dir)) == 0
-    return workdir
+def trained(reference_dir, tmp_path_factory):
+    """The small 2-epoch run, trained by `main(train_args(...))` (conftest's reference run)."""
+    return copy_run(reference_dir, tmp_path_factory.mktemp("run") / "w")
 
 
 @pytest.mark.slow
