@@ -37,6 +37,19 @@ MEASURED: list[str] = []
 SECONDS_PER_FILE: dict[str, float] = {}  # setup, call and teardown of every test in a file
 
 
+# pytest-xdist hands out whole files (`--dist loadfile`) in collection order: the longest go
+# first, so that none starts last and leaves the other worker idle at the end (seconds per
+# file: benchmarks/NOTES.md 35). A file not named here keeps its place after them.
+LONGEST_FIRST = ("test_faults.py", "test_train.py", "test_parallel.py", "test_fast_grads.py",
+                 "test_lost_process.py", "test_augment.py", "test_loop_equivalence.py",
+                 "test_equivalence.py", "test_tpu_aot.py", "test_benchmark.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _CACHE:
         shutil.rmtree(_CACHE, ignore_errors=True)

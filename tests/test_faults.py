@@ -336,7 +336,8 @@ def test_parameters_that_go_non_finite_are_never_saved(fashion_mnist_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(fashion_mnist_dir,
+def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(reference_dir,
+                                                                        fashion_mnist_dir,
                                                                         tmp_path, capsys):
     """Earlier versions saved NaN states: `evaluate` names such a checkpoint diverged (not
     corrupted) and moves nothing; `train` moves it to diverged_checkpoints/ and says what to do."""
@@ -347,8 +348,7 @@ def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(fashion_
     from alexnet_jax.training.saved_state import load_state
     from alexnet_jax.training.steps import empty_metrics
 
-    workdir = tmp_path / "w"
-    assert main(train_args(workdir, fashion_mnist_dir, 1)) == 0
+    workdir = copy_run(reference_dir, tmp_path / "w")
     state, step = load_state(workdir)
     nan_state = state.replace(params={**state.params, "fc3": {
         **state.params["fc3"], "kernel": state.params["fc3"]["kernel"] * jnp.nan}})
@@ -367,7 +367,7 @@ def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(fashion_
     assert f"checkpoints/{step} is diverged: it holds NaN or infinite values in " \
            "['params']['fc3']['kernel']" in out and "corrupted" not in out + err, out
     assert steps_saved(workdir) == [step]
-    assert main(train_args(workdir, fashion_mnist_dir, 2)) == 1
+    assert main(train_args(workdir, fashion_mnist_dir, 3)) == 1
     out, err = capsys.readouterr()
     assert "moved it to" in out and (workdir / "diverged_checkpoints" / str(step)).is_dir()
     assert "every checkpoint" in err and "holds NaN or infinite values" in err
@@ -378,9 +378,9 @@ def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(fashion_
 
 
 @pytest.mark.slow
-def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, capsys):
-    workdir = tmp_path / "w"
-    assert main(train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")) == 0
+def test_second_train_on_a_work_dir_exits_at_once(reference_dir, fashion_mnist_dir, tmp_path,
+                                                  capsys):
+    workdir = copy_run(reference_dir, tmp_path / "w")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from alexnet_jax.training.lock import hold\n"
@@ -390,7 +390,7 @@ def test_second_train_on_a_work_dir_exits_at_once(fashion_mnist_dir, tmp_path, c
         assert holder.stdout.readline().strip() == "held"
         config = (workdir / "config.json").read_text()
         capsys.readouterr()
-        assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
+        assert main(train_args(workdir, fashion_mnist_dir, 3)) == 1
         err = capsys.readouterr().err
         assert f"pid {holder.pid}" in err and "in use by another train" in err
         assert len(err.splitlines()) == 1 and (workdir / "config.json").read_text() == config
@@ -518,16 +518,16 @@ def test_bad_settings_are_refused_before_anything_is_written(flags, words, fashi
 
 
 @pytest.mark.slow
-def test_damaged_records_are_named_and_a_torn_line_is_dropped(fashion_mnist_dir, tmp_path,
+def test_damaged_records_are_named_and_a_torn_line_is_dropped(reference_dir,
+                                                              fashion_mnist_dir, tmp_path,
                                                               capsys):
-    workdir = tmp_path / "w"
-    one_epoch = train_args(workdir, fashion_mnist_dir, 1, "--limit-train", "4")
-    assert main(one_epoch) == 0
+    workdir = copy_run(reference_dir, tmp_path / "w")
+    more = train_args(workdir, fashion_mnist_dir, 3)
     config = workdir / "config.json"
     good = config.read_text()
     for damage in (good[: len(good) // 2], "garbage", "[]"):
         config.write_text(damage)
-        for argv in (one_epoch, ["evaluate", "--workdir", str(workdir)]):
+        for argv in (more, ["evaluate", "--workdir", str(workdir)]):
             capsys.readouterr()
             assert main(argv) == 1
             err = capsys.readouterr().err
@@ -538,10 +538,10 @@ def test_damaged_records_are_named_and_a_torn_line_is_dropped(fashion_mnist_dir,
     lines = metrics.read_text()
     metrics.write_text("{\"epoch\": 1.0, \"st\n" + lines)
     capsys.readouterr()
-    assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 1
+    assert main(more) == 1
     err = capsys.readouterr().err
     assert f"{metrics}, line 1, is damaged" in err and len(err.splitlines()) == 1
-    metrics.write_text(lines + '{"epoch": 1.5, "step": 2, "train_lo')  # a crash mid-write
-    assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4")) == 0
+    metrics.write_text(lines + '{"epoch": 2.33, "step": 7, "train_lo')  # a crash mid-write
+    assert main(more) == 0
     assert "dropped the torn last line" in capsys.readouterr().out
-    assert [p["step"] for p in run_record(workdir)] == [1, 2]
+    assert [p["step"] for p in run_record(workdir)] == list(range(1, 10))
