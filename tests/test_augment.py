@@ -173,6 +173,7 @@ def test_test_images_are_never_augmented(augmented_dir, test_split):
     assert abs(recorded["test_loss"] - float(losses.mean())) < 1e-6 * float(losses.mean())
 
 
+@pytest.mark.slow
 def test_resuming_with_another_augment_setting_is_refused(augmented_dir, fashion_mnist_dir,
                                                           capsys):
     """Without --augment on the augmented run's work dir: refused, and nothing written."""
