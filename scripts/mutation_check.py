@@ -26,6 +26,10 @@ MUTATIONS = {
         "first = max(start_step - epoch * run.steps_per_epoch, 0)",
         "first = max(start_step - epoch * run.steps_per_epoch, 0) + (start_step > 0)",
         ["tests/test_faults.py::test_stop_at_any_step_resumes_to_the_same_run"]),
+    "metrics-cut": (
+        "a resume drops the points logged past its checkpoint", PKG + "training/metrics_log.py",
+        'if p["step"] <= resume_step]', 'if p["step"] <= resume_step + 1]',
+        ["tests/test_faults.py::test_stop_at_any_step_resumes_to_the_same_run"]),
     "shuffle-epoch": (
         "each epoch reshuffled from (seed, epoch)", PKG + "data/input_pipeline.py",
         "np.random.default_rng([seed, epoch])", "np.random.default_rng([seed, 0])",

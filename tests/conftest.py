@@ -171,11 +171,22 @@ def finished(workdir, data, *extra) -> tuple:
 
 
 @pytest.fixture(scope="session")
-def reference_dir(fashion_mnist_dir, tmp_path_factory):
+def reference_dir(fashion_mnist_dir, tmp_path_factory, worker_id):
     """An uninterrupted small 2-epoch run (checkpoints at steps 3 and 6): its work dir, which
-    tests copy (`copy_run`) rather than change, and what `finished` returns for it."""
-    workdir = tmp_path_factory.mktemp("reference") / "w"
-    return workdir, finished(workdir, fashion_mnist_dir)
+    tests copy (`copy_run`) rather than change, and what `finished` returns for it. Trained
+    once a session: the first pytest-xdist worker to need it trains it under a lock."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # the session's, or the workers'
+    folder = shared / "reference"
+    with open(shared / "reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "closing.txt").exists():
+            closing = finished(folder / "w", fashion_mnist_dir)[2]
+            (folder / "closing.txt").write_text("\n".join(closing))
+    closing = (folder / "closing.txt").read_text().splitlines()
+    return folder / "w", (params_of(folder / "w"), run_record(folder / "w"), closing)
 
 
 @pytest.fixture(scope="session")
