@@ -17,9 +17,7 @@ CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: \([0-9]
 JAX_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 12,$(CUDA_MAJOR)),cuda12,cuda13),)
 
 BIN := $(VENV)/bin
-# Python compiles a module when it is first imported; compiling every file of TensorFlow,
-# PyTorch and SciPy at install time took a third of each install (benchmarks/NOTES.md 35).
-PIP_INSTALL = $(BIN)/pip install -q --no-compile
+PIP_INSTALL = $(BIN)/pip install -q
 
 # A second Python, checked without PyTorch (its CPU wheel is on hand for one Python only):
 # make check-python PYTHON=python3.13 VENV=.venv-3.13
