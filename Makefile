@@ -38,15 +38,9 @@ TPU_AOT := $(if $(filter Linux,$(shell uname -s)),$(TPU_AOT_DIR)/.installed)
 LIBTPU_PIN = $$($(BIN)/python -c "import importlib.metadata as m; print(next(r.split(';')[0] \
 	for r in m.requires('jax') if r.startswith('libtpu')))")
 
-# One XLA compilation cache for the suite, the commands it starts and the second Python's
-# checks, kept between runs (its most recently used 2 GB): a run compiles what it has not
-# compiled before, every program however short (the suite's processes compile dozens).
-COMPILE_CACHE := JAX_COMPILATION_CACHE_DIR=$(abspath .jax-cache) \
-	JAX_COMPILATION_CACHE_MAX_SIZE=2000000000 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
-
 test: $(VENV)/.installed-test $(TPU_AOT)
 	$(BIN)/ruff check .
-	$(if $(TPU_AOT),ALEXNET_JAX_TPU_AOT_DIR=$(abspath $(TPU_AOT_DIR))) $(COMPILE_CACHE) \
+	$(if $(TPU_AOT),ALEXNET_JAX_TPU_AOT_DIR=$(abspath $(TPU_AOT_DIR))) \
 		$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(PYTEST)
 
 $(TPU_AOT_DIR)/.installed: pyproject.toml | $(VENV)/.installed-test
@@ -54,15 +48,15 @@ $(TPU_AOT_DIR)/.installed: pyproject.toml | $(VENV)/.installed-test
 	touch $@
 
 test-fast: $(VENV)/.installed-test
-	$(COMPILE_CACHE) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST)
 
 check-python: $(VENV)/.installed-base
 	$(BIN)/python --version
 	rm -rf $(CHECK_RUN)
-	$(COMPILE_CACHE) $(BIN)/alexnet-jax train --workdir $(CHECK_RUN) --limit-train 32 \
+	$(BIN)/alexnet-jax train --workdir $(CHECK_RUN) --limit-train 32 \
 		--limit-test 32 --batch-size 8 --epochs 1 $(DATA_ARG)
-	$(COMPILE_CACHE) $(BIN)/alexnet-jax evaluate --workdir $(CHECK_RUN) $(DATA_ARG)
-	$(COMPILE_CACHE) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile \
+	$(BIN)/alexnet-jax evaluate --workdir $(CHECK_RUN) $(DATA_ARG)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile \
 		-m "not slow and not torch" $(NO_TORCH) $(PYTEST)
 
 $(BIN)/python:
