@@ -197,6 +197,13 @@ def reference_run(reference_dir):
     return reference_dir[1]
 
 
+def steps_saved(workdir: Path) -> list[int]:
+    """The steps of a work dir's complete checkpoints, in order (none: [])."""
+    ckpt = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() \
+        else []
+
+
 def copy_run(reference_dir, workdir: Path) -> Path:
     """A copy of the reference run's work dir, for a test that trains on in it or damages it."""
     shutil.copytree(reference_dir[0], workdir)

@@ -21,18 +21,13 @@ from conftest import (
     params_of,
     run_record,
     sigterm_after,
+    steps_saved,
     train_args,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alexnet_jax.cli import build_parser, main
-
-
-def steps_saved(workdir: Path) -> list[int]:
-    ckpt = workdir / "checkpoints"
-    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() \
-        else []
 
 
 def start_training(workdir, data, *extra):

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import corrupt_array_data, finish, free_port
+from conftest import corrupt_array_data, finish, free_port, steps_saved
 
 LOST_RUN_STEPS = 8
 
@@ -54,10 +54,6 @@ def survivor_stops(survivor, victim, report, moment: str) -> None:
                                                    "this "), err
     assert "Run the same command again on" in err and "Native logs: " in err, err
     assert took <= 10, took
-
-
-def steps_saved(workdir) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 @pytest.mark.slow
