@@ -227,7 +227,7 @@ def sigterm_after(steps: int):
     real_compile = train.compile_steps
 
     def compile_then_stop(*args):
-        step, seconds = real_compile(*args)
+        step, seconds, compiled = real_compile(*args)
         calls = []
 
         def step_then_signal(*step_args):
@@ -237,7 +237,7 @@ def sigterm_after(steps: int):
                 os.kill(os.getpid(), signal.SIGTERM)
             return result
 
-        return step_then_signal, seconds
+        return step_then_signal, seconds, compiled
 
     train.compile_steps = compile_then_stop
     try:

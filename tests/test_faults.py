@@ -302,7 +302,7 @@ def test_parameters_that_go_non_finite_are_never_saved(fashion_mnist_dir, tmp_pa
     real_compile = train.compile_steps
 
     def compile_then_poison(*args):
-        step, seconds = real_compile(*args)
+        step, seconds, compiled = real_compile(*args)
         calls = []
 
         def poisoned(*step_args):
@@ -315,7 +315,7 @@ def test_parameters_that_go_non_finite_are_never_saved(fashion_mnist_dir, tmp_pa
                 state = state.replace(params=params)
             return state, metrics
 
-        return poisoned, seconds
+        return poisoned, seconds, compiled
 
     train.compile_steps = compile_then_poison
     try:

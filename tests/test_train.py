@@ -90,7 +90,7 @@ def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
     pipe = make_pipeline("device", train_split.head(10), 4, True, 0, mesh)  # 4, 4, then 2
     state = put_replicated(create_train_state(build_model(), 0, 0.01), mesh)
     metrics = put_replicated(empty_metrics(), mesh)
-    train, _ = compile_steps(jit_steps(mesh), state, metrics, pipe)
+    train, _, _ = compile_steps(jit_steps(mesh), state, metrics, pipe)
     timed, compiles = [False], []  # compiles inside the timed step (not the pipeline's gather)
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, seconds, **kw: compiles.append(event)

@@ -25,6 +25,7 @@ from ..config import IMAGE_SIZE
 from ..observe.chips import chip_by_kind
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
+from ..runtime import memory
 from ..runtime.fast_malloc import allocator, allocator_note
 from ..runtime.parallel import batch_sharding, make_mesh, put_replicated
 from ..runtime.versions import package_versions
@@ -59,14 +60,19 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -
     mesh = make_mesh()
     with jax.default_matmul_precision(precision):
         state = put_replicated(create_train_state(build_model(dtype), 0, 0.01), mesh)
-        rng = np.random.default_rng(0)
-        batches = [jax.device_put((rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
-                                   rng.integers(0, 10, batch).astype(np.int32)),
-                                  batch_sharding(mesh)) for _ in range(4)]
+        sharding = batch_sharding(mesh)
+        spec = (jax.ShapeDtypeStruct((batch, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32,
+                                     sharding=sharding),
+                jax.ShapeDtypeStruct((batch,), np.int32, sharding=sharding))
         step = jit_steps(mesh, augment).train  # the step `train` runs
         t0 = time.perf_counter()
-        compiled = step.lower(state, *batches[0], empty_metrics()).compile()
+        compiled = step.lower(state, *spec, empty_metrics()).compile()
         compile_s = time.perf_counter() - t0
+        memory.check_fits(compiled, f"{variant} at batch", batch, jax.local_devices(), mesh.size)
+        rng = np.random.default_rng(0)
+        batches = [jax.device_put((rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
+                                   rng.integers(0, 10, batch).astype(np.int32)), sharding)
+                   for _ in range(4)]
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -133,7 +139,7 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
     state = put_replicated(create_train_state(build_model(), 0, 0.01), mesh)
     metrics = put_replicated(empty_metrics(), mesh)
     steps = jit_steps(mesh)
-    train, compile_s = compile_steps(steps, state, metrics, pipe)
+    train, compile_s, _ = compile_steps(steps, state, metrics, pipe)
     step_times = []
     t_epoch = time.perf_counter()
     for b in pipe.epoch(0):

@@ -7,9 +7,8 @@ the current epoch's metrics, which is all a resumed run needs to continue bit fo
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,35 +41,26 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
-class Manager(ocp.CheckpointManager):
-    """orbax's manager, with `finish`: wait for the last save and its digest (`save`)."""
-
-    digesting: threading.Thread | None = None
-    digest_error: BaseException | None = None
-
-    def finish(self) -> None:
-        """orbax's `wait_until_finished` (which orbax calls itself, so that is left as it is),
-        and the digest thread's end."""
-        if self.digesting is not None:
-            self.digesting.join()
-            self.digesting = None
-        if self.digest_error is not None:
-            err, self.digest_error = self.digest_error, None
-            raise CheckpointError(f"the checkpoint's SHA-256 could not be written: {err}")
-        super().wait_until_finished()
-
-    def close(self) -> None:
-        self.finish()
-        super().close()
+# A checkpoint's two items: the train state, and the SHA-256 of its arrays (written with it,
+# so kept, pruned and moved with it). Checkpoints of earlier versions hold only the state,
+# their digest in LEGACY_DIGESTS/STEP.sha256 beside checkpoints/.
+STATE, DIGEST = "default", "digest"
+LEGACY_DIGESTS = "checkpoint_digests"
+# tensorstore's status codes (the first word of its errors, all ValueError) for bytes that
+# are missing, short or undecodable; anything else (I/O, permissions, memory) is not damage.
+DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND")
 
 
 def manager(workdir: str | Path, keep: int = D2L.keep_checkpoints,
-            read_only: bool = False) -> Manager:
+            read_only: bool = False) -> ocp.CheckpointManager:
+    """The work dir's checkpoints (use it in a `with`: its close waits for the last save)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
         read_only=read_only, cleanup_tmp_directories=not read_only,
     )
-    return Manager(checkpoint_dir(workdir), options=options)
+    handlers = {STATE: ocp.StandardCheckpointHandler(), DIGEST: ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 item_handlers=handlers)
 
 
 def tree_digest(tree: dict[str, Any]) -> str:
@@ -97,43 +87,31 @@ def non_finite(tree) -> list[str]:
             for path, ok in jax.tree_util.tree_leaves_with_path(finite) if not ok]
 
 
-def _digest_path(mngr: ocp.CheckpointManager, step: int) -> Path:
-    return Path(mngr.directory).parent / "checkpoint_digests" / f"{step}.sha256"
+def _legacy_digest(mngr: ocp.CheckpointManager, step: int) -> Path:
+    return Path(mngr.directory).parent / LEGACY_DIGESTS / f"{step}.sha256"
 
 
-def save(mngr: Manager, step: int, tree: dict[str, Any]) -> None:
-    """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames),
-    and its SHA-256 digest on a thread, from a host copy of the state taken now (the next
-    step reuses the state's buffers). Hashing 47M parameters takes 0.12 s of a CPU core that
-    the step would otherwise wait for (benchmarks/NOTES.md 33). A process killed after orbax
-    finalizes but before the digest lands leaves a checkpoint without one: it restores
-    unverified, as checkpoints of versions before digests do."""
-    mngr.finish()  # the last save's digest and files are complete
-    if jax.process_index() == 0:  # orbax's primary host; every process saves its shards
-        host = jax.tree.map(lambda a: np.array(a, copy=True), jax.device_get(tree))
-        _prune_digests(mngr, step)
-        mngr.digesting = threading.Thread(target=_write_digest, args=(mngr, step, host),
-                                          name=f"checkpoint {step} digest", daemon=True)
-        mngr.digesting.start()
-    mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+def save(mngr: ocp.CheckpointManager, step: int, tree: dict[str, Any]) -> None:
+    """Start an asynchronous, atomic save (orbax writes a temporary folder, then renames) of
+    the state and its SHA-256, one checkpoint. The digest is taken now, from the state as
+    it is (0.12 s for 47M parameters, benchmarks/NOTES.md 33); orbax copies the arrays to
+    the host before `save` returns, so the next step may reuse their buffers."""
+    mngr.wait_until_finished()  # the last save is complete (its errors raise here)
+    digest = tree_digest(tree) if jax.process_index() == 0 else None  # the primary writes it
+    mngr.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(tree), DIGEST: ocp.args.JsonSave({"sha256": digest})}),
+        force=True)
+    _prune_legacy_digests(mngr)
 
 
-def _write_digest(mngr: Manager, step: int, host_tree: dict[str, Any]) -> None:
-    try:
-        digest = _digest_path(mngr, step)
-        digest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = digest.with_suffix(".tmp")
-        tmp.write_text(tree_digest(host_tree) + "\n")
-        os.replace(tmp, digest)
-    except BaseException as err:  # raised by the next Manager.finish
-        mngr.digest_error = err
-
-
-def _prune_digests(mngr: ocp.CheckpointManager, step: int) -> None:
-    """Drop the digests of checkpoints orbax has already deleted (max_to_keep)."""
-    kept = set(mngr.all_steps()) | {step}
-    for path in _digest_path(mngr, step).parent.glob("*.sha256"):
-        if path.stem.isdigit() and int(path.stem) < min(kept):
+def _prune_legacy_digests(mngr: ocp.CheckpointManager) -> None:
+    """Drop the digest files of earlier versions' checkpoints that orbax has deleted."""
+    folder = Path(mngr.directory).parent / LEGACY_DIGESTS
+    if jax.process_index() != 0 or not folder.is_dir():
+        return
+    kept = set(mngr.all_steps())
+    for path in folder.glob("*.sha256"):
+        if path.stem.isdigit() and int(path.stem) not in kept:
             path.unlink(missing_ok=True)
 
 
@@ -143,14 +121,11 @@ def _layout(tree) -> dict[str, tuple[str, tuple[int, ...]]]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _check_fits(path: Path, target: dict[str, Any]) -> None:
+def _check_fits(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]) -> None:
     """Raise CheckpointError (not corruption) when the saved tree cannot fill `target`."""
-    try:
-        metadata = ocp.StandardCheckpointer().metadata(path / "default")
-        saved = _layout(getattr(metadata, "item_metadata", metadata).tree)
-    except Exception as err:  # orbax raises many types for a damaged metadata file
-        raise CorruptCheckpoint(f"its metadata cannot be read ({type(err).__name__}: {err})") \
-            from err
+    path = Path(mngr.directory) / str(step)
+    metadata = mngr.item_metadata(step)[STATE]
+    saved = _layout(getattr(metadata, "tree", metadata))
     wanted = _layout(target)
     if saved == wanted:
         return
@@ -163,19 +138,65 @@ def _check_fits(path: Path, target: dict[str, Any]) -> None:
                           + "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else ""))
 
 
+def _read(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
+    """(tree, the SHA-256 recorded at save or None) of the checkpoint at `step`."""
+    path = Path(mngr.directory) / str(step)
+    if not (path / STATE).is_dir():
+        raise FileNotFoundError(f"its {STATE}/ folder is missing")
+    _check_fits(mngr, step, target)
+    items = {STATE: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                                          target))}
+    if (path / DIGEST).is_dir():
+        items[DIGEST] = ocp.args.JsonRestore()
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    if DIGEST in items:
+        return restored[STATE], restored[DIGEST]["sha256"]
+    legacy = _legacy_digest(mngr, step)
+    return restored[STATE], legacy.read_text().strip() if legacy.is_file() else None
+
+
+def damage(path: Path, err: BaseException) -> str | None:
+    """What is proven wrong with the bytes of checkpoint `path`, given the error its read
+    raised; None when the error is not proof (the disk, permissions, memory, a library).
+
+    Proof needs both: every file of the checkpoint reads to its end (so the disk and the
+    permissions are sound), and the error is one for missing, short or undecodable bytes.
+    """
+    try:
+        for file in sorted(path.rglob("*")):
+            if file.is_file():
+                with file.open("rb") as f:
+                    while f.read(1 << 24):
+                        pass
+    except OSError:
+        return None
+    if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
+        return f"its metadata is not valid JSON ({err})"
+    if isinstance(err, FileNotFoundError):
+        return f"a file of it is missing ({err})"
+    code = str(err).split(":", 1)[0]
+    if isinstance(err, ValueError) and code in DAMAGE_CODES:
+        return f"its arrays cannot be read ({str(err).splitlines()[0][:300]})"
+    return None
+
+
 def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
     path = Path(mngr.directory) / str(step)
-    _check_fits(path, target)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-        tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as err:  # its layout fits, so the bytes themselves are unreadable
-        raise CorruptCheckpoint(f"its arrays cannot be read ({type(err).__name__}: {err})") \
-            from err
-    digest = _digest_path(mngr, step)
-    if digest.is_file() and digest.read_text().strip() != tree_digest(tree):
-        raise CorruptCheckpoint("its arrays do not match the SHA-256 recorded when it was saved "
-                                f"({digest})")
+        tree, recorded = _read(mngr, step, target)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        if proven := damage(path, err):
+            raise CorruptCheckpoint(proven) from err
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}" if str(err) \
+            else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read now ({reason}); nothing was moved or deleted. "
+            "Fix the cause (the disk, its permissions, free memory) and run the same command "
+            "again: it resumes from this checkpoint") from err
+    if recorded is not None and recorded != tree_digest(tree):
+        raise CorruptCheckpoint("its arrays do not match the SHA-256 recorded when it was saved")
     if bad := non_finite(tree):
         raise DivergedCheckpoint(f"it holds NaN or infinite values in {', '.join(bad[:3])}: its "
                                  "run had diverged when it was saved")
@@ -186,12 +207,12 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
                    quarantine: bool = False, strict: bool = False, step: int | None = None):
     """(step, tree) of the newest checkpoint that restores cleanly, or (None, None) if none.
 
-    A checkpoint proven corrupt (unreadable bytes or metadata, a SHA-256 other than the one
-    recorded at save) or diverged (NaN or infinite values) is reported with its path and
-    skipped; with `quarantine` (only `train` asks) it is moved to corrupted_checkpoints/ or
-    diverged_checkpoints/. With `strict`, or a `step` asked for, it stops instead. A
-    checkpoint that is sound but does not fit this model or environment raises
-    CheckpointError and is never moved: not its fault.
+    A checkpoint proven corrupt (`damage`: missing, short or undecodable bytes on a disk that
+    reads; a SHA-256 other than the one recorded at save) or diverged (NaN or infinite
+    values) is reported with its path and skipped; with `quarantine` (only `train` asks) it is
+    moved to corrupted_checkpoints/ or diverged_checkpoints/. With `strict`, or a `step` asked
+    for, it stops instead. Any other error (a checkpoint that does not fit this model or
+    environment, a disk or permission error, memory) raises CheckpointError and moves nothing.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     if step is not None:
@@ -235,6 +256,9 @@ def _quarantine(mngr: ocp.CheckpointManager, path: Path, folder: str) -> Path:
         aside.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(aside, ignore_errors=True)
         path.rename(aside)
+        legacy = _legacy_digest(mngr, int(path.name))
+        if legacy.is_file():
+            legacy.rename(aside / f"{LEGACY_DIGESTS}.sha256")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"alexnet-jax quarantine {path}")
     mngr.reload()

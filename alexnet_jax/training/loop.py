@@ -7,18 +7,22 @@ same command on the same work dir resumes exactly where the last checkpoint left
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 
 from ..data.fashion_mnist import load_split
-from ..data.input_pipeline import make_pipeline
+from ..data.input_pipeline import InputPipeline, make_pipeline
 from ..observe.plots import plot_curves
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
+from ..runtime import memory
 from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
 from . import checkpoints, run_dir
 from . import lock as workdir_lock
@@ -26,13 +30,21 @@ from .metrics_log import MetricsLog
 from .report import CpuEstimate, closing_report, compiled_lines, metrics_point, progress_line
 from .run_dir import RunError, TrainConfig
 from .run_state import Run, Tally, check_loss, save, stop
-from .steps import compile_steps, create_train_state, empty_metrics, evaluate, jit_steps
+from .steps import (
+    TrainState,
+    compile_steps,
+    create_train_state,
+    empty_metrics,
+    evaluate,
+    jit_steps,
+)
 
 
 def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
     """Train (or resume) the run in config.workdir; return the final state and metrics.
 
-    One train per work dir (a lock); a start that fails leaves no trace in a new work dir.
+    One train per work dir (a lock); a start that fails leaves no trace in a new work dir,
+    and the checkpoint manager and the event writer are closed on every path.
     """
     run_dir.check_config(config)
     mesh = make_mesh()
@@ -41,18 +53,35 @@ def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
     except ValueError as err:
         raise RunError(str(err)) from None
     out = out if is_primary() else (lambda *args: None)  # one process prints
-    with workdir_lock.claim(Path(config.workdir), is_primary()) as started:
-        run, tally, state, epoch_metrics = start(config, Path(config.workdir), mesh, out,
-                                                 restart)
-        started()
-        return train_epochs(run, tally, state, epoch_metrics)
+    workdir = Path(config.workdir)
+    prepared = prepare(config, mesh)  # writes nothing: a batch too large stops here
+    with workdir_lock.claim(workdir, is_primary()) as started:
+        if restart and (aside := run_dir.set_aside(workdir)):
+            out(f"starting over: the earlier run's records are in {aside}")
+        provenance = run_dir.continued_records(config)
+        with checkpoints.manager(workdir, keep=config.keep_checkpoints) as mngr:
+            run, tally, state, epoch_metrics = start(config, workdir, prepared, mngr,
+                                                     provenance, out)
+            with contextlib.closing(run.log):
+                started()
+                return train_epochs(run, tally, state, epoch_metrics)
 
 
-def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
-    """Data, pipelines, the fresh or restored state, config.json: the run ready to train."""
-    if restart and (aside := run_dir.set_aside(workdir)):
-        out(f"starting over: the earlier run's records are in {aside}")
-    provenance = run_dir.continued_records(config)
+class Prepared(NamedTuple):
+    """A run before it touches its work dir: data, the fresh state, the compiled step."""
+
+    train_pipe: InputPipeline
+    test_pipe: InputPipeline
+    state: TrainState
+    epoch_metrics: dict
+    train_step: Callable
+    compile_seconds: float
+    step_bytes: int  # what a train step allocates per device (XLA's memory analysis)
+
+
+def prepare(config: TrainConfig, mesh) -> Prepared:
+    """The data, pipelines, fresh state and the train step compiled for every batch shape;
+    OutOfMemory when the step cannot fit on this process's devices."""
     splits = [load_split(name, config.source, config.data_dir, config.manual_dir).head(limit)
               for name, limit in (("train", config.limit_train), ("test", config.limit_test))]
     train_pipe, test_pipe = (make_pipeline(config.pipeline, split, config.batch_size, shuffle,
@@ -61,8 +90,19 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
     model = run_dir.build_model(config.dtype, config.num_classes, config.dropout)
     state = put_replicated(create_train_state(model, config.seed, config.lr), mesh)
     epoch_metrics = put_replicated(empty_metrics(state), mesh)
+    steps = jit_steps(mesh, config.augment)
+    train_step, seconds, compiled = compile_steps(steps, state, epoch_metrics, train_pipe)
+    need = memory.check_fits(compiled[max(compiled)], "--batch-size", config.batch_size,
+                             jax.local_devices(), multiple=mesh.size)
+    return Prepared(train_pipe, test_pipe, state, epoch_metrics, train_step, seconds, need)
+
+
+def start(config: TrainConfig, workdir: Path, prepared: Prepared, mngr, provenance: dict,
+          out):
+    """The restored (or fresh) state and config.json: the run ready to train."""
+    state, epoch_metrics = prepared.state, prepared.epoch_metrics
+    train_pipe = prepared.train_pipe
     totals = run_dir.empty_totals()
-    mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     target = run_dir.checkpoint_tree(state, epoch_metrics, totals)
     saved = mngr.all_steps()
     step, restored = checkpoints.restore_latest(mngr, target, quarantine=True,
@@ -77,14 +117,15 @@ def start(config: TrainConfig, workdir: Path, mesh, out, restart: bool):
             out(f"resuming from the checkpoint at step {step} (epoch "
                 f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
     elif saved:
-        mngr.close()
         raise RunError(checkpoints.none_usable(workdir, saved))
     run_dir.write_config(workdir, config, extra=provenance)
     start_step = int(state.step)
     log = MetricsLog(workdir / "metrics.jsonl", start_step, out=out)
     log.mirror(config.lr)
-    run = Run(config, workdir, train_pipe, test_pipe, mngr, log,
-              time.perf_counter() - float(totals["wall_seconds"]), out)
+    run = Run(config, workdir, train_pipe, prepared.test_pipe, mngr, log,
+              time.perf_counter() - float(totals["wall_seconds"]), out,
+              train_step=prepared.train_step, step_bytes=prepared.step_bytes,
+              compile_seconds=prepared.compile_seconds)
     return run, Tally(totals, finite_through=start_step, last_saved=start_step), state, \
         epoch_metrics
 
@@ -97,10 +138,9 @@ def train_epochs(run: Run, tally: Tally, state, epoch_metrics):
             run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing "
                     "to train")
             return state, closing_report(run.log, tally.totals, run.out)
-        steps = jit_steps(run.train_pipe.mesh, run.config.augment)
-        train_step, seconds = compile_steps(steps, state, epoch_metrics, run.train_pipe)
-        for line in compiled_lines(seconds, jax.default_backend()):
+        for line in compiled_lines(run.compile_seconds, jax.default_backend()):
             run.out(line)
+        train_step = run.train_step
         if run.config.profile_steps:  # (first, last) global steps
             train_step = StepTracer(train_step, *run.config.profile_steps, start_step,
                                     run.workdir / "profile")
@@ -118,11 +158,14 @@ def train_epochs(run: Run, tally: Tally, state, epoch_metrics):
                 if run.flag.agreed() and epoch + 1 < run.config.epochs:
                     stop(run, tally)  # at an epoch's end, after its test accuracy and save
         return state, closing_report(run.log, tally.totals, run.out)
+    except Exception as err:
+        if memory.is_out_of_memory(err):
+            raise memory.out_of_memory("--batch-size", run.config.batch_size, run.step_bytes,
+                                       jax.local_devices(), run.train_pipe.mesh.size) from err
+        raise
     finally:
         if run.progress:
             run.progress.close()
-        run.mngr.close()  # after the last save and its digest (Manager.close)
-        run.log.close()
 
 
 def train_epoch(run: Run, tally: Tally, state, epoch_metrics, epoch: int, first: int):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from ..config import TrainConfig
 from ..data.input_pipeline import InputPipeline
@@ -31,12 +32,14 @@ class Run:
     workdir: Path
     train_pipe: InputPipeline
     test_pipe: InputPipeline
-    mngr: checkpoints.Manager
+    mngr: ocp.CheckpointManager
     log: MetricsLog
     wall_start: float  # perf_counter at the start, less the wall time of earlier sessions
     out: Callable[[str], None]
     flag: SignalFlag = field(default_factory=SignalFlag)
     train_step: Callable | None = None  # compiled ahead of time for each batch shape
+    step_bytes: int = 0  # what a train step allocates per device (XLA's memory analysis)
+    compile_seconds: float = 0.0
     progress: Progress | None = None  # a bar on a terminal, else lines with an ETA
     estimate: CpuEstimate | None = None  # a CPU run says once how long it takes
 
@@ -80,13 +83,13 @@ def check_loss(run: Run, tally: Tally, epoch_metrics, step: int) -> None:
 
 
 def diverged(run: Run, what: str) -> None:
-    run.mngr.finish()
+    run.mngr.wait_until_finished()
     raise RunError(diverged_message(what, run.config.lr, run.mngr.latest_step()))
 
 
 def stop(run: Run, tally: Tally) -> None:
     """Raise Interrupted once the checkpoint the signal asked for is on disk."""
-    run.mngr.finish()
+    run.mngr.wait_until_finished()
     raise Interrupted(f"stopped by {run.flag.name} at step {tally.last_saved} of "
                       f"{run.total_steps}; checkpoint saved in "
                       f"{checkpoints.checkpoint_dir(run.workdir)}. Run the same command to "

@@ -24,14 +24,11 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState
     config = saved_config(workdir)
     model = build_model(config.dtype, config.num_classes)
     state = put_replicated(create_train_state(model, config.seed, config.lr), make_mesh())
-    mngr = checkpoints.manager(workdir, read_only=True)
-    try:
+    with checkpoints.manager(workdir, read_only=True) as mngr:
         if not mngr.all_steps():
             raise RunError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
         target = checkpoint_tree(state, empty_metrics(state), empty_totals())
         found, tree = checkpoints.restore_latest(mngr, target, step=step)
-    finally:
-        mngr.close()
     if tree is None:
         raise RunError(f"no readable checkpoint in {checkpoints.checkpoint_dir(workdir)}")
     return state_from_tree(state, tree), found
@@ -49,7 +46,5 @@ def start_from(config: TrainConfig, params, source) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(workdir, config, only=("num_classes", "dtype"),
                  extra={"converted_from": str(source)})
-    mngr = checkpoints.manager(workdir)
-    checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(state), empty_totals()))
-    mngr.finish()
-    mngr.close()
+    with checkpoints.manager(workdir) as mngr:  # its close waits for the save
+        checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(state), empty_totals()))

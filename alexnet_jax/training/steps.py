@@ -139,7 +139,8 @@ def jit_steps(mesh: Mesh, augment: bool = False) -> Steps:
 
 def compile_steps(steps: Steps, state, metrics, pipeline):
     """The train step compiled ahead of time for every batch shape of `pipeline`, so that no
-    timed step compiles: (a step taking any of those batches, seconds spent compiling).
+    timed step compiles: (a step taking any of those batches, seconds spent compiling, the
+    executables by batch size, for their memory analysis).
 
     The executables are called directly: calling the jitted function instead would compile
     the step again on its first timed call.
@@ -153,7 +154,7 @@ def compile_steps(steps: Steps, state, metrics, pipeline):
     def train(state, images, labels, metrics):
         return compiled[images.shape[0]](state, images, labels, metrics)
 
-    return train, time.perf_counter() - t0
+    return train, time.perf_counter() - t0, compiled
 
 
 def evaluate(state: TrainState, pipeline, progress=None) -> dict[str, float]:
