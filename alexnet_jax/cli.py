@@ -69,13 +69,19 @@ def quiet_logs() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def stop_if_a_process_is_gone(err: Exception) -> None:
-    """Exit at once, with one line, when a peer of a multi-process run died: jax.distributed's
-    shutdown would wait for it at exit (about a minute) and then abort with a C++ trace."""
-    from .runtime.parallel import exit_lost_process, means_lost_process
+def stop_with_the_run(err: Exception) -> None:
+    """In a multi-process run, exit at once with one line (jax.distributed's shutdown would
+    wait for the others at exit, about a minute, then abort with a C++ trace): a lost peer
+    when the coordination service says one is gone, else this error, told to the others."""
+    import jax
 
-    if means_lost_process(err):
+    from .runtime.parallel import exit_failed, exit_lost_process, lost_processes
+
+    if not jax.distributed.is_initialized():
+        return
+    if lost_processes():
         exit_lost_process(str(err))
+    exit_failed(str(err))
 
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
@@ -93,8 +99,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     except Exception as err:  # one clear line; the traceback only when asked
         if args.debug:
             raise
-        if args.command == "train":
-            stop_if_a_process_is_gone(err)
+        if args.command == "train" and supervise.is_child():
+            stop_with_the_run(err)
         code = getattr(err, "exit_code", 1)  # 128 + N when stopped by signal N, on purpose
         print(f"alexnet-jax: {'' if code > 128 else 'error: '}{err}", file=sys.stderr)
         return code

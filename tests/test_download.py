@@ -1,10 +1,12 @@
 """`alexnet-jax download` against a loopback HTTP server (127.0.0.1) serving the release files:
-a full download, a dropped connection resumed, wrong bytes, a 404 then the mirror, no server."""
+a full download, a dropped connection resumed, wrong bytes, a 404 then the mirror, no server,
+a part left whole or wrong by a killed download, a disk that fills."""
 
 from __future__ import annotations
 
 import http.server
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -39,6 +41,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = body[:1000] + bytes([body[1000] ^ 0xFF]) + body[1001:]
         start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get(
             "Range") else 0
+        if start >= len(body):  # as real servers answer a range past the end
+            self.send_error(416)
+            return
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
@@ -136,3 +141,48 @@ def test_manual_dir_without_the_files_fails_at_once(source, tmp_path, capsys):
     assert time.monotonic() - t0 < 10
     first = capsys.readouterr().err.splitlines()[0]
     assert all(name in first for name in NAMES), first
+
+
+def test_a_part_left_whole_is_kept_and_a_wrong_one_started_over(server, fashion_mnist_dir,
+                                                                 tmp_path):
+    """A download killed during its SHA-256 check leaves a whole NAME.part: it is verified and
+    kept with no request. One as long as the file but wrong (the server answers the range
+    past its end with 416) is fetched again from the start, on the same URL."""
+    srv, url = server
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    whole, wrong = NAMES[0], NAMES[1]
+    (cache / f"{whole}.part").write_bytes((fashion_mnist_dir / whole).read_bytes())
+    (cache / f"{wrong}.part").write_bytes(bytes(len((fashion_mnist_dir / wrong).read_bytes())))
+    lines = []
+    download(cache, base_urls=[f"{url}/ok/"], out=lines.append)
+    assert_cached(cache, fashion_mnist_dir)
+    assert [name for _, name, _ in srv.requests].count(whole) == 0
+    assert [(name, r is not None) for _, name, r in srv.requests if name == wrong] == [
+        (wrong, True), (wrong, False)]  # the range refused (416), then the whole file
+    assert any("whole and verified; kept" in line for line in lines)
+
+
+def test_a_disk_that_fills_is_named_not_retried(server, fashion_mnist_dir, tmp_path):
+    """A full disk is the disk's fault: one error naming the file and ENOSPC, no retry and
+    no mirror tried, the part fetched so far kept; with room again the same call finishes."""
+    srv, url = server
+    mount = tmp_path / "small"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        with pytest.raises(DataError) as err:
+            download(mount, base_urls=[f"{url}/ok/", f"{url}/missing/"], out=lambda *a: None)
+        message = str(err.value)
+        assert "No space left on device" in message and f"cannot write {mount}" in message
+        assert "Offline" not in message and len(srv.requests) == 1, srv.requests
+        assert [p.name for p in mount.iterdir()] == [f"{srv.requests[0][1]}.part"]
+        subprocess.run(["mount", "-o", "remount,size=200m", str(mount)], check=True)
+        download(mount, base_urls=[f"{url}/ok/"], out=lambda *a: None)
+        assert_cached(mount, fashion_mnist_dir)
+        assert srv.requests[1][2] is not None  # resumed from the part kept
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

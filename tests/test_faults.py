@@ -347,14 +347,11 @@ def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(referenc
     state, step = load_state(workdir)
     nan_state = state.replace(params={**state.params, "fc3": {
         **state.params["fc3"], "kernel": state.params["fc3"]["kernel"] * jnp.nan}})
-    mngr = checkpoints.manager(workdir)
     for s in steps_saved(workdir):  # an older version's run: every checkpoint NaN
         (workdir / "checkpoints" / str(s)).rename(tmp_path / f"finite{s}")
-    mngr.reload()
-    checkpoints.save(mngr, step, checkpoint_tree(nan_state, empty_metrics(state),
-                                                 empty_totals()))
-    mngr.finish()
-    mngr.close()
+    with checkpoints.manager(workdir) as mngr:
+        checkpoints.save(mngr, step, checkpoint_tree(nan_state, empty_metrics(state),
+                                                     empty_totals()))
     capsys.readouterr()
     assert main(["evaluate", "--workdir", str(workdir), "--manual-dir",
                  str(fashion_mnist_dir)]) == 1

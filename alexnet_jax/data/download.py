@@ -24,8 +24,17 @@ BASE_URLS = (
 ATTEMPTS_PER_URL = 3  # a dropped connection is resumed this many times before the next URL
 
 
-class Unavailable(OSError):
-    """This URL cannot give the file now (no answer, HTTP error, dropped, wrong bytes)."""
+class Unavailable(Exception):
+    """This URL cannot give the file now (no answer, HTTP error, wrong bytes): try the next."""
+
+
+class Dropped(Unavailable):
+    """The connection broke off mid-file: resumed from where it stopped, on the same URL."""
+
+
+class PartTooLong(Unavailable):
+    """The server has nothing past the bytes already in NAME.part (HTTP 416) and they are not
+    the file: start that file over, on the same URL."""
 
 
 def default_dir() -> Path:
@@ -36,12 +45,26 @@ def default_dir() -> Path:
     return cache / "alexnet-jax" / "fashion-mnist"
 
 
+def cannot_write(path: Path, err: OSError) -> DataError:
+    """A local write that failed (a full disk, a read-only folder, permissions): said as
+    such, never retried as if the network were at fault."""
+    return DataError(f"cannot write {path}: {err.strerror or err}. Free space or fix the "
+                     "folder's permissions, or download into another folder (`alexnet-jax "
+                     "download DIR`, FASHION_MNIST_DIR); what was fetched so far is kept and "
+                     "resumed")
+
+
 def download(folder: str | os.PathLike | None = None, base_urls=None, timeout: float = 10.0,
              out=print) -> Path:
     """Fetch whichever release files `folder` (default_dir()) lacks; returns the folder."""
     folder = Path(folder or default_dir())
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise cannot_write(folder, err) from None
     for gz in missing_files(folder):
+        if _keep_complete_part(folder / gz, out):
+            continue
         tried = []
         for url in (base + gz for base in base_urls or BASE_URLS):
             try:
@@ -55,16 +78,33 @@ def download(folder: str | os.PathLike | None = None, base_urls=None, timeout: f
     return folder
 
 
+def _keep_complete_part(target: Path, out) -> bool:
+    """A NAME.part already whole and verified (a process killed during its check) is put in
+    place without asking the server for bytes past its end."""
+    part = target.with_name(target.name + ".part")
+    if not part.is_file():
+        return False
+    try:
+        read_idx(part, target.name.removesuffix(".gz"))
+    except DataError:
+        return False  # partial (resumed next) or wrong (refused by the server's 416)
+    os.replace(part, target)
+    out(f"{target.name}: the part fetched earlier is whole and verified; kept")
+    return True
+
+
 def _fetch_resuming(url: str, target: Path, out, timeout: float) -> None:
     part = target.with_name(target.name + ".part")
     for attempt in range(1, ATTEMPTS_PER_URL + 1):
         try:
             _fetch(url, part, out, timeout)
             break
-        except Unavailable as err:
-            if "dropped" not in str(err) or attempt == ATTEMPTS_PER_URL:
+        except (Dropped, PartTooLong) as err:
+            if attempt == ATTEMPTS_PER_URL:
                 raise
-            out(f"{target.name}: {err}; resuming")
+            if isinstance(err, PartTooLong):
+                part.unlink(missing_ok=True)
+            out(f"{target.name}: {err}; {'resuming' if isinstance(err, Dropped) else 'again'}")
     try:
         read_idx(part, target.name.removesuffix(".gz"))  # SHA-256 of the decompressed bytes
     except DataError as err:
@@ -80,6 +120,8 @@ def _fetch(url: str, part: Path, out, timeout: float) -> None:
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # Range Not Satisfiable: nothing past `have` bytes
+            raise PartTooLong(f"{part.name} holds {have} bytes that are not the file") from None
         raise Unavailable(f"HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
         raise Unavailable(f"no answer: {getattr(err, 'reason', err)}") from None
@@ -90,17 +132,35 @@ def _fetch(url: str, part: Path, out, timeout: float) -> None:
         progress = Progress(part.name.removesuffix(".part"), total, have, out, unit="MB",
                             scale=1e6)
         try:
-            with part.open("ab" if have else "wb") as f:
-                while chunk := response.read(1 << 16):
-                    f.write(chunk)
-                    progress.update(len(chunk))
-        except (http.client.HTTPException, OSError) as err:
-            raise Unavailable(f"connection dropped at {progress.done} of {total} bytes "
-                              f"({type(err).__name__})") from None
+            _copy(response, part, have, progress)
         finally:
             progress.close()  # a bar cut short by a dropped connection ends its line
     if total and part.stat().st_size < total:
-        raise Unavailable(f"connection dropped at {part.stat().st_size} of {total} bytes")
+        raise Dropped(f"connection dropped at {part.stat().st_size} of {total} bytes")
+
+
+def _copy(response, part: Path, have: int, progress: Progress) -> None:
+    """The response's body onto `part`: a read that fails is the network's (Dropped), a write
+    that fails is the disk's (DataError)."""
+    try:
+        f = part.open("ab" if have else "wb")
+    except OSError as err:
+        raise cannot_write(part, err) from None
+    with f:
+        while True:
+            try:
+                chunk = response.read(1 << 16)
+            except (http.client.HTTPException, OSError) as err:
+                raise Dropped(f"connection dropped at {progress.done} of {progress.total} "
+                              f"bytes ({type(err).__name__})") from None
+            if not chunk:
+                return
+            try:
+                f.write(chunk)
+                f.flush()
+            except OSError as err:
+                raise cannot_write(part, err) from None
+            progress.update(len(chunk))
 
 
 def download_command(args) -> None:

@@ -8,10 +8,12 @@ no-op, so there is one train step for 1 and N devices.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -64,14 +66,64 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id,
                                heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
+    threading.Thread(target=_watch_peer_failures, name="alexnet-jax peer failures",
+                     daemon=True).start()
 
 
-# What a collective, the coordination service or orbax's save barriers say when a peer
-# process has gone away.
-PEER_GONE = ("gloo", "connection closed by peer", "connection reset by peer", "broken pipe",
-             "heartbeat", "unavailable", "deadline_exceeded", "socket closed",
-             "waiting for async_write_complete barrier",
-             "waiting for async_commit_complete barrier")
+# The coordination service's key-value store: where a process that fails says why, so that
+# the others stop at once with its reason instead of waiting for it in a collective.
+FAILED_KEY = "alexnet-jax/failed/"
+
+
+def _client():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def lost_processes(wait: float = HEARTBEAT_TIMEOUT_SECONDS + 2.0) -> list[int]:
+    """The processes of this run that the coordination service no longer counts alive,
+    asked until one is missing or `wait` seconds pass (it sees a death only after the
+    heartbeat timeout); [0] when the service itself no longer answers (it runs in process 0).
+    Empty outside a multi-process run."""
+    if not jax.distributed.is_initialized():
+        return []
+    everyone = list(range(jax.process_count()))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            live = _client().get_live_nodes(everyone)
+        except Exception:  # the service cannot be reached: its process is gone
+            return [0]
+        gone = [i for i in everyone if i not in live]
+        if gone or time.monotonic() >= deadline:
+            return gone
+        time.sleep(0.25)
+
+
+def publish_failure(line: str) -> None:
+    """Tell the other processes why this one stops (they stop too, with this line)."""
+    if jax.distributed.is_initialized():
+        with contextlib.suppress(Exception):  # the service may be gone too: nothing to tell
+            _client().key_value_set(f"{FAILED_KEY}{jax.process_index()}", line)
+
+
+def _watch_peer_failures(poll: float = 0.5) -> None:
+    """A peer that published a failure ends this process with its reason: otherwise this one
+    would wait for it in the next collective, until the heartbeat timeout or for ever."""
+    me = jax.process_index()
+    while True:
+        time.sleep(poll)
+        try:
+            failed = _client().key_value_dir_get(FAILED_KEY)
+        except Exception:  # the service is gone: lost_processes and the supervisor say so
+            return
+        for key, line in failed:
+            peer = int(key.rsplit("/", 1)[1])
+            if peer != me:
+                _exit_with(f"process {peer} of this {jax.process_count()}-process run stopped: "
+                           f"{line} (fix that, then run the same command again on every "
+                           "process: the run resumes from its last checkpoint)")
 
 
 def _stop_on_lost_process(default_hook):
@@ -79,11 +131,12 @@ def _stop_on_lost_process(default_hook):
     the process with the one line, before that thread prints a traceback."""
 
     def hook(args):
-        if means_lost_process(args.exc_value):
+        if lost_processes():
             exit_lost_process(str(args.exc_value))
         default_hook(args)
 
     return hook
+
 
 _EXITING = threading.Lock()
 
@@ -91,21 +144,30 @@ _EXITING = threading.Lock()
 def exit_lost_process(detail: str) -> None:
     """Print the one line of a lost process and exit 1 at once (no Python or native
     shutdown, which would wait for the dead peer)."""
-    _EXITING.acquire()  # one line, even if two threads see the loss
     n, me = jax.process_count(), jax.process_index()
-    line = (f"alexnet-jax: error: another process of this {n}-process run is gone (process {me} "
-            f"saw: {detail.strip().splitlines()[0][:160]}). Run the same command again on all "
-            f"{n} processes: the run resumes from its last checkpoint.")
+    gone = lost_processes(wait=0) or ["?"]
+    _exit_with(f"another process of this {n}-process run is gone (process "
+               f"{', '.join(map(str, gone))}; process {me} saw: "
+               f"{detail.strip().splitlines()[0][:160] if detail.strip() else 'no answer'}). "
+               f"Run the same command again on all {n} processes: the run resumes from its "
+               "last checkpoint.")
+
+
+def exit_failed(message: str) -> None:
+    """This process failed (not a lost peer) in a multi-process run: say so, tell the
+    others (the first line), and exit 1 at once (jax.distributed's shutdown would wait for
+    them)."""
+    publish_failure(message.strip().splitlines()[0] if message.strip() else "an error")
+    _exit_with(message)
+
+
+def _exit_with(line: str) -> None:
+    _EXITING.acquire()  # one line, even if two threads stop the process
     if (log := native_log()) is not None:
         line += f" Native logs: {log}"
     sys.stdout.flush()
-    print(line, file=sys.stderr, flush=True)
+    print(f"alexnet-jax: error: {line}", file=sys.stderr, flush=True)
     os._exit(1)
-
-
-def means_lost_process(err: BaseException) -> bool:
-    """True when `err`, in a multi-process run, means another process is gone."""
-    return jax.distributed.is_initialized() and any(s in str(err).lower() for s in PEER_GONE)
 
 
 def make_mesh() -> Mesh:

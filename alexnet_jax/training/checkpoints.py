@@ -170,14 +170,28 @@ def damage(path: Path, err: BaseException) -> str | None:
                         pass
     except OSError:
         return None
-    if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
-        return f"its metadata is not valid JSON ({err})"
-    if isinstance(err, FileNotFoundError):
-        return f"a file of it is missing ({err})"
-    code = str(err).split(":", 1)[0]
-    if isinstance(err, ValueError) and code in DAMAGE_CODES:
-        return f"its arrays cannot be read ({str(err).splitlines()[0][:300]})"
+    for cause in _causes(err):  # orbax wraps tensorstore's errors in its own
+        if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError)):
+            return f"its metadata is not valid JSON ({cause})"
+        if isinstance(cause, FileNotFoundError):
+            return f"a file of it is missing ({cause})"
+        if isinstance(cause, ValueError) and str(cause).split(":", 1)[0] in DAMAGE_CODES:
+            return f"its arrays cannot be read ({_first_line(cause)})"
     return None
+
+
+def _causes(err: BaseException):
+    """`err` and the errors it was raised from, outermost first."""
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _first_line(err: BaseException) -> str:
+    """The innermost error's type and first line: what a user can act on."""
+    root = list(_causes(err))[-1]
+    text = str(root).strip().splitlines()[0][:300] if str(root).strip() else ""
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
 def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
@@ -189,12 +203,10 @@ def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any])
     except Exception as err:
         if proven := damage(path, err):
             raise CorruptCheckpoint(proven) from err
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}" if str(err) \
-            else type(err).__name__
         raise CheckpointError(
-            f"checkpoint {path} cannot be read now ({reason}); nothing was moved or deleted. "
-            "Fix the cause (the disk, its permissions, free memory) and run the same command "
-            "again: it resumes from this checkpoint") from err
+            f"checkpoint {path} cannot be read now ({_first_line(err)}); nothing was moved or "
+            "deleted. Fix the cause (the disk, its permissions, free memory) and run the same "
+            "command again: it resumes from this checkpoint") from err
     if recorded is not None and recorded != tree_digest(tree):
         raise CorruptCheckpoint("its arrays do not match the SHA-256 recorded when it was saved")
     if bad := non_finite(tree):
