@@ -28,9 +28,11 @@ def lost_process_run(workdir, data, port: int, process_id: int,
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def both(workdir, data, steps: int = LOST_RUN_STEPS) -> list[subprocess.Popen]:
+def both(workdir, data, steps: int = LOST_RUN_STEPS, data_1=None) -> list[subprocess.Popen]:
+    """The two processes; `data_1`: process 1's data folder, when it differs."""
     port = free_port()
-    return [lost_process_run(workdir, data, port, i, steps) for i in range(2)]
+    return [lost_process_run(workdir, data if i == 0 or data_1 is None else data_1, port, i,
+                             steps) for i in range(2)]
 
 
 def kill_all(procs) -> None:
@@ -139,3 +141,24 @@ def wait_until(predicate, timeout: float, poll: float) -> bool:
             return True
         time.sleep(poll)
     return False
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_stops_the_others_with_its_reason(fashion_mnist_dir, tmp_path,
+                                                               report):
+    """Process 1's data folder is missing: it says so, and process 0, which would wait for it
+    in the first collective, stops too with process 1's reason; one line each, exit 1, not
+    'a process is gone' (the coordination service still counts both alive)."""
+    procs = both(tmp_path / "run", fashion_mnist_dir, data_1=tmp_path / "nowhere")
+    t0 = time.monotonic()
+    try:
+        errs = [p.communicate(timeout=240)[1] for p in procs]
+    finally:
+        kill_all(procs)
+    report("a failed process: seconds until both stopped", time.monotonic() - t0)
+    assert [p.returncode for p in procs] == [1, 1], errs
+    missing = f"data folder {tmp_path / 'nowhere'} does not exist"
+    assert errs[1].startswith(f"alexnet-jax: error: {missing}"), errs[1]
+    assert errs[0].startswith("alexnet-jax: error: process 1 of this 2-process run stopped: "
+                              f"{missing}"), errs[0]
+    assert errs[0].count("\n") == 1 and "gone" not in errs[0] + errs[1], errs

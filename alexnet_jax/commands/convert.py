@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import jax
 
 from ..data.fashion_mnist import CLASS_NAMES
-from ..training.run_dir import RunError, TrainConfig
+from ..training.run_dir import RunError, TrainConfig, cannot_write
 from ..training.saved_state import load_state, start_from
 
 
@@ -21,7 +23,7 @@ def convert_command(args) -> None:
                        f"({err}): pip install torch") from err
     if args.to_torch:
         state, step = load_state(args.workdir, args.step)
-        torch.save(params_to_torch(jax.device_get(state.params)), args.to_torch)
+        save_atomic(torch, params_to_torch(jax.device_get(state.params)), Path(args.to_torch))
         print(f"wrote the checkpoint at step {step} of {args.workdir} to {args.to_torch}; "
               "load it with net.load_state_dict(torch.load(FILE))")
         return
@@ -42,3 +44,18 @@ def convert_command(args) -> None:
     config = TrainConfig(workdir=args.workdir, num_classes=classes)
     start_from(config, params, source)
     print(f"converted {source} into a checkpoint at step 0 in {args.workdir}")
+
+
+def save_atomic(torch, state_dict, path: Path) -> None:
+    """torch.save into `path`, or (a full disk, a read-only folder) `path` left as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:  # to a file object, a failed write raises the OSError
+            torch.save(state_dict, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise cannot_write(path, err) from err

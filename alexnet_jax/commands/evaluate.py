@@ -11,9 +11,10 @@ from ..data.fashion_mnist import CLASS_NAMES, load_split
 from ..data.input_pipeline import make_pipeline
 from ..data.preprocess import model_input
 from ..observe.progress import Progress
+from ..runtime import memory
 from ..training.run_dir import saved_config, write_atomic
 from ..training.saved_state import load_state
-from ..training.steps import TrainState, evaluate
+from ..training.steps import TrainState, check_eval_fits, evaluate
 
 PREDICT_BATCH = 128  # images per forward pass: bounds predict's memory whatever --num is
 MAX_SHOWN = 100  # images in predict's picture: 10 rows of 10 stay readable
@@ -25,7 +26,9 @@ def evaluate_command(args) -> None:
     split = load_split("test", args.source, args.data_dir, args.manual_dir).head(limit)
     batch = 256
     progress = Progress("evaluate", len(split), unit="images") if len(split) > batch else None
-    result = evaluate(state, make_pipeline(args.pipeline, split, batch, False, 0), progress)
+    pipeline = make_pipeline(args.pipeline, split, batch, False, 0)
+    check_eval_fits(state, pipeline, "evaluate's batch")
+    result = evaluate(state, pipeline, progress)
     print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "
           f"{result['acc']:.4f} on {result['count']} test images")
 
@@ -34,10 +37,14 @@ def predict_classes(state: TrainState, images: np.ndarray, batch: int = PREDICT_
     """Predicted classes of uint8 28x28 `images`, `batch` at a time (bounded memory)."""
     classify = jax.jit(lambda params, x: jax.numpy.argmax(
         state.apply_fn({"params": params}, model_input(x), train=False), -1))
+    full = classify.lower(state.params, images[:batch]).compile()  # checked, then called
+    memory.check_fits(full, "predict's batch", min(batch, len(images)), jax.local_devices())
     progress = Progress("predict", len(images), unit="images") if len(images) > batch else None
     classes = []
     for i in range(0, len(images), batch):
-        classes.append(np.asarray(classify(state.params, images[i:i + batch])))
+        chunk = images[i:i + batch]
+        step = full if len(chunk) == len(images[:batch]) else classify  # the last, smaller
+        classes.append(np.asarray(step(state.params, chunk)))
         if progress:
             progress.update(len(classes[-1]))
     return np.concatenate(classes)

@@ -9,6 +9,11 @@ from pathlib import Path
 GIB = 2**30
 
 
+def size(nbytes: int) -> str:
+    """Bytes as a person reads them: GiB, or MiB below one GiB."""
+    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes / 2**20:.0f} MiB"
+
+
 class OutOfMemory(RuntimeError):
     """A batch that cannot fit; the message names what it needs, what is there, what fits."""
 
@@ -62,8 +67,7 @@ def too_large(what: str, batch: int, need: int, available: int, multiple: int = 
     largest = batch * available // max(need, 1) // multiple * multiple
     fits = (f"the largest batch that fits is about {largest}" if largest >= multiple
             else "no batch fits: free memory, or use a device with more")
-    return (f"{what} {batch} needs about {need / GIB:.1f} GiB, {available / GIB:.1f} GiB "
-            f"are available; {fits}")
+    return f"{what} {batch} needs about {size(need)}, {size(available)} are available; {fits}"
 
 
 def check_fits(compiled, what: str, batch: int, devices, multiple: int = 1) -> int:
@@ -90,6 +94,6 @@ def out_of_memory(what: str, batch: int, need: int, devices, multiple: int = 1) 
     available = available_bytes(devices)
     if available is None or available >= need:
         return OutOfMemory(f"{what} {batch} ran out of memory (it needs about "
-                           f"{need / GIB:.1f} GiB); other processes took memory meanwhile: "
+                           f"{size(need)}); other processes took memory meanwhile: "
                            "free some, or use a smaller batch")
     return OutOfMemory(too_large(what, batch, need, available, multiple))

@@ -54,11 +54,13 @@ def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
         raise RunError(str(err)) from None
     out = out if is_primary() else (lambda *args: None)  # one process prints
     workdir = Path(config.workdir)
-    prepared = prepare(config, mesh)  # writes nothing: a batch too large stops here
+    # Checked before anything is written: the run in the work dir (--restart sets it aside),
+    # then a batch too large.
+    provenance = {} if restart else run_dir.continued_records(config)
+    prepared = prepare(config, mesh)
     with workdir_lock.claim(workdir, is_primary()) as started:
         if restart and (aside := run_dir.set_aside(workdir)):
             out(f"starting over: the earlier run's records are in {aside}")
-        provenance = run_dir.continued_records(config)
         with checkpoints.manager(workdir, keep=config.keep_checkpoints) as mngr:
             run, tally, state, epoch_metrics = start(config, workdir, prepared, mngr,
                                                      provenance, out)

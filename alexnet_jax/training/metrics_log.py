@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..observe.events import EventLog
 from ..runtime.parallel import is_primary
+from . import run_dir
 from .run_dir import RunError, write_atomic
 
 
@@ -20,13 +21,21 @@ def read_points(path: Path, out=print) -> list[dict]:
     points = []
     for number, line in enumerate(lines, start=1):
         try:
-            points.append(json.loads(line))
+            point = json.loads(line)
         except json.JSONDecodeError:
             if number < len(lines):
-                raise RunError(f"{path}, line {number}, is damaged: {line[:60]!r}; delete that "
-                               "line, or start the run over with `train --restart`") from None
+                raise damaged(path, number, line) from None
             out(f"note: dropped the torn last line of {path} (a crash mid-write)")
+            continue
+        if not (isinstance(point, dict) and isinstance(point.get("step"), int)):
+            raise damaged(path, number, line)  # valid JSON, but no point of a run
+        points.append(point)
     return points
+
+
+def damaged(path: Path, number: int, line: str) -> RunError:
+    return RunError(f"{path}, line {number}, is damaged: {line[:60]!r}; delete that line, or "
+                    "start the run over with `train --restart`")
 
 
 class MetricsLog:
@@ -54,5 +63,8 @@ class MetricsLog:
         if self.events:  # only the writing process has them
             self.events.add(point)
         if self.write:
-            with self.path.open("a") as f:
-                f.write(json.dumps(point) + "\n")
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(point) + "\n")
+            except OSError as err:
+                raise run_dir.cannot_write(self.path, err) from err

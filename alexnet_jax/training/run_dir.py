@@ -7,6 +7,7 @@ here, so the layout of each record is defined once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -157,9 +158,21 @@ def set_aside(workdir: Path) -> Path | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """`path` holds `text`, or (a full disk, a read-only folder) what it held before."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise cannot_write(path, err) from err
+
+
+def cannot_write(path: Path, err: OSError) -> RunError:
+    """One line for a write that failed: the path and the system's reason."""
+    return RunError(f"cannot write {path}: {err.strerror or err}. Nothing saved before was "
+                    "lost: free space or fix the folder, then run the same command again")
 
 
 def empty_totals() -> dict[str, np.ndarray]:

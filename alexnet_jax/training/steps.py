@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from ..data.augment import augment as augment_batch
 from ..data.preprocess import batch_spec, model_input
 from ..model import AlexNet, init_params
+from ..runtime import memory
 from ..runtime.parallel import batch_sharding, is_real, put_replicated, replicated
 
 AUGMENT_STREAM = 1  # a step's augmentation key: fold_in(its dropout key, AUGMENT_STREAM)
@@ -155,6 +156,15 @@ def compile_steps(steps: Steps, state, metrics, pipeline):
         return compiled[images.shape[0]](state, images, labels, metrics)
 
     return train, time.perf_counter() - t0, compiled
+
+
+def check_eval_fits(state: TrainState, pipeline, what: str) -> None:
+    """OutOfMemory when the eval step on `pipeline`'s batches cannot fit on this process's
+    devices (XLA's memory analysis of it, compiled for the largest batch)."""
+    size = max(pipeline.batch_sizes())
+    compiled = jit_steps(pipeline.mesh).eval.lower(state, *batch_spec(size),
+                                                   empty_metrics(state)).compile()
+    memory.check_fits(compiled, what, size, jax.local_devices(), pipeline.mesh.size)
 
 
 def evaluate(state: TrainState, pipeline, progress=None) -> dict[str, float]:

@@ -1,0 +1,258 @@
+"""Failures that must say what they are, in one line, and lose nothing: a checkpoint is moved
+aside only on proof; its digest lives in it; a batch that cannot fit is refused before the
+work dir is touched; a write that fails names its path; every manager is closed."""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+import pytest
+from conftest import copy_run, steps_saved, train_args
+
+from alexnet_jax.cli import main
+from alexnet_jax.runtime import memory
+from alexnet_jax.training import checkpoints
+
+
+def eio(*args, **kwargs):
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def tensorstore_eio(*args, **kwargs):
+    """What orbax raises when tensorstore's read of a file fails on a failing disk."""
+    raise ValueError("DATA_LOSS: Error reading local file: [OS error 5: Input/output error]")
+
+
+def out_of_memory(*args, **kwargs):
+    raise MemoryError()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["disk", "memory"])
+def test_a_read_error_that_is_not_damage_moves_nothing(failure, reference_dir,
+                                                       fashion_mnist_dir, tmp_path, capsys,
+                                                       monkeypatch):
+    """Every read under checkpoints/ fails (a failing disk: orbax's read and a plain read both
+    see EIO), or memory runs out: one line naming the newest checkpoint and the error, exit 1,
+    nothing moved; once the cause is gone the same command goes on from that checkpoint."""
+    workdir = copy_run(reference_dir, tmp_path / "w")
+    saved = steps_saved(workdir)
+    if failure == "disk":
+        monkeypatch.setattr(ocp.CheckpointManager, "restore", tensorstore_eio)
+        real_open = Path.open
+        monkeypatch.setattr(Path, "open", lambda self, *a, **k: eio() if "checkpoints" in
+                            self.parts else real_open(self, *a, **k))
+    else:
+        monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
+    capsys.readouterr()
+    assert main(train_args(workdir, fashion_mnist_dir, 2)) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert f"checkpoint {workdir.absolute()}/checkpoints/{saved[-1]} cannot be read now" in err
+    assert ("Input/output error" if failure == "disk" else "MemoryError") in err
+    assert "nothing was moved" in err and "--restart" not in err
+    assert steps_saved(workdir) == saved and not (workdir / "corrupted_checkpoints").exists()
+    monkeypatch.undo()
+    assert main(train_args(workdir, fashion_mnist_dir, 2)) == 0
+    assert f"this run is finished ({saved[-1]} of {saved[-1]} steps)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_digest_is_part_of_its_checkpoint_and_old_ones_still_verify(reference_dir,
+                                                                         fashion_mnist_dir,
+                                                                         tmp_path, capsys):
+    """A checkpoint holds its SHA-256 (checkpoints/STEP/digest/): a wrong one is found. A
+    checkpoint of an earlier version (the state alone, its digest in checkpoint_digests/)
+    still restores, and a wrong digest there is found too."""
+    from alexnet_jax.training.run_dir import checkpoint_tree, empty_totals
+    from alexnet_jax.training.saved_state import load_state
+    from alexnet_jax.training.steps import empty_metrics
+
+    workdir = copy_run(reference_dir, tmp_path / "w")
+    newest = steps_saved(workdir)[-1]
+    assert not (workdir / "checkpoint_digests").exists()
+    record = workdir / "checkpoints" / str(newest) / "digest" / "metadata"
+    good = json.loads(record.read_text())["sha256"]
+    evaluate = ["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
+                "--limit-test", "4"]
+    record.write_text(json.dumps({"sha256": "0" * 64}))
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoints/{newest} is corrupted: its arrays do not match the SHA-256" in out
+
+    # The same checkpoint as an earlier version wrote it.
+    state, _ = load_state(workdir, step=steps_saved(workdir)[0])
+    tree = checkpoint_tree(state, empty_metrics(state), empty_totals())
+    legacy = tmp_path / "legacy"
+    with ocp.CheckpointManager(legacy / "checkpoints") as mngr:
+        mngr.save(newest, args=ocp.args.StandardSave(tree))
+    (workdir / "checkpoints" / str(newest)).rename(tmp_path / "new")
+    (legacy / "checkpoints" / str(newest)).rename(workdir / "checkpoints" / str(newest))
+    digests = workdir / "checkpoint_digests"
+    digests.mkdir()
+    (digests / f"{newest}.sha256").write_text(checkpoints.tree_digest(tree) + "\n")
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    assert f"checkpoint step {newest}:" in capsys.readouterr().out
+    (digests / f"{newest}.sha256").write_text(good + "\n")  # another state's digest
+    assert main(evaluate) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoints/{newest} is corrupted: its arrays do not match the SHA-256" in out
+    # train moves it aside with its digest, and goes on from the one before
+    assert main(train_args(workdir, fashion_mnist_dir, 2)) == 0
+    aside = workdir / "corrupted_checkpoints" / str(newest)
+    assert (aside / "checkpoint_digests.sha256").read_text().strip() == good
+    assert not (digests / f"{newest}.sha256").exists()
+
+
+@pytest.mark.slow
+def test_a_batch_that_cannot_fit_is_refused_before_anything_is_written(fashion_mnist_dir,
+                                                                       tmp_path, capsys,
+                                                                       monkeypatch):
+    """XLA's memory analysis of the compiled step against what the host has: with 64 MiB
+    available, a batch of 4 (about 0.3 GiB) is refused in one line that names a batch that
+    fits, before the work dir exists."""
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 64 * 2**20)
+    assert main(train_args(tmp_path / "w", fashion_mnist_dir, 1)) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "--batch-size 4 needs about" in err and "64 MiB are available" in err, err
+    assert "no batch fits" in err or "the largest batch that fits is about" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_memory_figures_and_the_largest_batch(tmp_path):
+    """The host's figure is the smaller of MemAvailable and a cgroup's room; the largest
+    batch scales the batch by what is available over what it needs, in device multiples."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       25165824 kB\nMemAvailable:   20971520 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert memory.host_available_bytes(meminfo, cgroup) == 20 * 2**30
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text(str(2**30))
+    assert memory.host_available_bytes(meminfo, cgroup) == 20 * 2**30  # no limit
+    (cgroup / "memory.max").write_text(str(8 * 2**30))
+    assert memory.host_available_bytes(meminfo, cgroup) == 7 * 2**30
+    line = memory.too_large("--batch-size", 4096, 30 * 2**30, 22 * 2**30, multiple=8)
+    assert line == ("--batch-size 4096 needs about 30.0 GiB, 22.0 GiB are available; the "
+                    "largest batch that fits is about 3000")  # 4096 * 22 / 30 = 3003.7
+    assert "no batch fits" in memory.too_large("--batch-size", 4, 2**30, 2**20, multiple=8)
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_a_step_is_the_same_line(reference_dir, fashion_mnist_dir,
+                                                  tmp_path, capsys, monkeypatch):
+    """XLA's RESOURCE_EXHAUSTED raised by a step (memory taken by another process since the
+    check) gives the memory line, and the checkpoints are kept."""
+    import jax
+
+    from alexnet_jax.training import loop
+
+    real_compile = loop.compile_steps
+
+    def compile_then_fail(*args):
+        step, seconds, compiled = real_compile(*args)
+
+        def fails(*step_args):
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory allocating 31322653504 bytes.")
+
+        return fails, seconds, compiled
+
+    workdir = copy_run(reference_dir, tmp_path / "w")
+    saved = steps_saved(workdir)
+    monkeypatch.setattr(loop, "compile_steps", compile_then_fail)
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 2**20)
+    assert main(train_args(workdir, fashion_mnist_dir, 3)) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--batch-size 4 needs about" in err, err
+    assert "1 MiB are available" in err and steps_saved(workdir) == saved
+
+
+@pytest.mark.slow
+def test_a_benchmark_row_that_cannot_fit_is_skipped_with_its_reason(monkeypatch):
+    from alexnet_jax.commands.benchmark import bench_row
+
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 2**20)
+    row = bench_row("jax-f32-default", 8, 1, 0, None, None, 1.0, "cpu")
+    assert row["error"].startswith("OutOfMemory: jax-f32-default at batch 8 needs about"), row
+
+
+@pytest.mark.slow
+def test_a_failed_start_leaves_no_manager_open(reference_dir, fashion_mnist_dir, tmp_path,
+                                               capsys, monkeypatch):
+    """config.json cannot be written (a full disk) after the checkpoint manager opened: one
+    line with the path and the reason, every manager closed, the checkpoints as they were."""
+    from alexnet_jax.training import run_dir
+
+    opened, closed = [], []
+    real_init, real_close = ocp.CheckpointManager.__init__, ocp.CheckpointManager.close
+    monkeypatch.setattr(ocp.CheckpointManager, "__init__",
+                        lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1])
+    monkeypatch.setattr(ocp.CheckpointManager, "close",
+                        lambda self: (closed.append(self), real_close(self))[1])
+    monkeypatch.setattr(run_dir, "write_atomic", lambda path, text: (_ for _ in ()).throw(
+        run_dir.cannot_write(path, OSError(errno.ENOSPC, "No space left on device"))))
+    workdir = copy_run(reference_dir, tmp_path / "w")
+    saved = steps_saved(workdir)
+    capsys.readouterr()
+    assert main(train_args(workdir, fashion_mnist_dir, 3)) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (f"alexnet-jax: error: cannot write {workdir / 'config.json'}: No "
+                           "space left on device. Nothing saved before was lost: free space or "
+                           "fix the folder, then run the same command again")
+    assert opened and all(m in closed for m in opened)
+    assert steps_saved(workdir) == saved
+
+
+def test_a_record_that_cannot_be_written_names_its_path(tmp_path):
+    """A full disk (/dev/full) under metrics.jsonl and predict's CSV: the path and ENOSPC."""
+    from alexnet_jax.commands.evaluate import write_csv
+    from alexnet_jax.training.metrics_log import MetricsLog
+    from alexnet_jax.training.run_dir import RunError
+
+    log = MetricsLog(tmp_path / "metrics.jsonl", 0)
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
+    with pytest.raises(RunError, match=f"cannot write {tmp_path}/metrics.jsonl: No space left"):
+        log.add({"step": 1})
+    (tmp_path / "p.csv").write_text("kept\n")
+    (tmp_path / "p.csv.tmp").symlink_to("/dev/full")
+    with pytest.raises(RunError, match=f"cannot write {tmp_path}/p.csv: No space left"):
+        write_csv(tmp_path / "p.csv", [0], [1])
+    assert (tmp_path / "p.csv").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("line", ["[]", "{}", '{"step": "3"}', "7"])
+def test_a_record_that_is_no_point_is_named_with_its_line(line, tmp_path):
+    from alexnet_jax.training.metrics_log import read_points
+    from alexnet_jax.training.run_dir import RunError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(f'{{"step": 1}}\n{line}\n{{"step": 3}}\n')
+    with pytest.raises(RunError, match=re.escape(f"metrics.jsonl, line 2, is damaged: {line!r}")):
+        read_points(path)
+
+
+def test_a_test_that_hangs_fails_at_the_time_limit(tmp_path):
+    """The project's settings give every test a time limit (pytest-timeout): a test that
+    hangs fails, it does not hold CI."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parent.parent
+    limit = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"][
+        "ini_options"]["timeout"]
+    assert 60 <= limit <= 900
+    (tmp_path / "test_hang.py").write_text("import time\n\ndef test_hang():\n    "
+                                           "time.sleep(60)\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-c", str(root / "pyproject.toml"), "--rootdir", str(tmp_path),
+                           "-o", "timeout=1", str(tmp_path / "test_hang.py")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Timeout" in done.stdout, done.stdout[-2000:]
