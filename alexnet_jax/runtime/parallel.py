@@ -82,25 +82,30 @@ def _client():
 
 
 def lost_processes(wait: float = HEARTBEAT_TIMEOUT_SECONDS + 2.0) -> list[int]:
-    """The processes of this run that the coordination service no longer counts alive,
-    asked until one is missing or `wait` seconds pass (it sees a death only after the
-    heartbeat timeout); [0] when the service itself no longer answers (it runs in process 0).
-    Empty outside a multi-process run."""
+    """The processes of this run that the coordination service no longer counts alive, or []
+    when it cannot tell within `wait` seconds; [0] when the service itself no longer answers
+    (it runs in process 0). Empty outside a multi-process run.
+
+    The service answers once every live process has asked (`get_live_nodes` is collective),
+    and it counts a process dead after the heartbeat timeout: survivors of a lost process
+    all ask, and get their answer then. One that failed alone asks in vain, and goes on
+    after `wait`."""
     if not jax.distributed.is_initialized():
         return []
     everyone = list(range(jax.process_count()))
-    deadline = time.monotonic() + wait
-    while True:
+    answer: list = []
+
+    def ask():
         try:
             live = _client().get_live_nodes(everyone)
+            answer.append([i for i in everyone if i not in live])
         except Exception:  # the service cannot be reached: its process is gone
-            return [0]
-        gone = [i for i in everyone if i not in live]
-        if gone or time.monotonic() >= deadline:
-            return gone
-        time.sleep(0.25)
+            answer.append([0])
 
-
+    asking = threading.Thread(target=ask, name="alexnet-jax live processes", daemon=True)
+    asking.start()
+    asking.join(wait)
+    return answer[0] if answer else []
 def publish_failure(line: str) -> None:
     """Tell the other processes why this one stops (they stop too, with this line)."""
     if jax.distributed.is_initialized():
@@ -117,7 +122,7 @@ def _watch_peer_failures(poll: float = 0.5) -> None:
         try:
             failed = _client().key_value_dir_get(FAILED_KEY)
         except Exception:  # the service is gone: lost_processes and the supervisor say so
-            return
+            continue
         for key, line in failed:
             peer = int(key.rsplit("/", 1)[1])
             if peer != me:
