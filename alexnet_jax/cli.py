@@ -66,7 +66,9 @@ def quiet_logs() -> None:
     import logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    # orbax logs a failed background save as pages of tracebacks at ERROR; the error itself
+    # reaches the user as our one line (training/checkpoints.py, Manager).
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 def stop_with_the_run(err: Exception) -> None:
@@ -99,9 +101,9 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     except Exception as err:  # one clear line; the traceback only when asked
         if args.debug:
             raise
-        if args.command == "train" and supervise.is_child():
-            stop_with_the_run(err)
         code = getattr(err, "exit_code", 1)  # 128 + N when stopped by signal N, on purpose
+        if args.command == "train" and supervise.is_child() and code <= 128:
+            stop_with_the_run(err)  # all processes stop together on a signal (stops.py)
         print(f"alexnet-jax: {'' if code > 128 else 'error: '}{err}", file=sys.stderr)
         return code
 

@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "alexnet_jax"
-MAX_LINES = 250
 # config.py (the settings and their defaults) imports nothing of the package, and anything
 # may import it; runtime/ and kernels/ import nothing else of the package, model.py config only.
 # Each folder (or top-level module) and what it may import besides itself and config; the
@@ -138,9 +137,3 @@ def test_top_level_holds_the_entry_points_and_the_model_and_folders_say_what_the
     for name, init in folders.items():
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and "Imports" in doc, name  # what it holds, and what it may import
-
-
-def test_no_module_over_the_line_budget():
-    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
-             for p in PACKAGE.rglob("*.py")}
-    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}

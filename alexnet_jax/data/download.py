@@ -145,7 +145,7 @@ def _copy(response, part: Path, have: int, progress: Progress) -> None:
     try:
         f = part.open("ab" if have else "wb")
     except OSError as err:
-        raise cannot_write(part, err) from None
+        raise cannot_write(part, err) from err
     with f:
         while True:
             try:

@@ -51,16 +51,32 @@ LEGACY_DIGESTS = "checkpoint_digests"
 DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND")
 
 
+class Manager(ocp.CheckpointManager):
+    """orbax's manager, whose wait for the last save (which its `save` and `close` call too)
+    turns a failed write into one line that names the checkpoint kept."""
+
+    def wait_until_finished(self) -> None:
+        try:
+            super().wait_until_finished()
+        except Exception as err:
+            self.reload()  # the steps on disk, without the one that failed
+            kept = self.latest_step()
+            raise CheckpointError(
+                f"a checkpoint could not be written in {self.directory} ({_first_line(err)}); "
+                + (f"the newest complete one, step {kept}, is kept. " if kept is not None
+                   else "no earlier one exists. ")
+                + "Free space or fix the folder, then run the same command again") from err
+
+
 def manager(workdir: str | Path, keep: int = D2L.keep_checkpoints,
-            read_only: bool = False) -> ocp.CheckpointManager:
+            read_only: bool = False) -> Manager:
     """The work dir's checkpoints (use it in a `with`: its close waits for the last save)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
         read_only=read_only, cleanup_tmp_directories=not read_only,
     )
     handlers = {STATE: ocp.StandardCheckpointHandler(), DIGEST: ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                                 item_handlers=handlers)
+    return Manager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def tree_digest(tree: dict[str, Any]) -> str:

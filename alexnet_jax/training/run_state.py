@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from ..config import TrainConfig
 from ..data.input_pipeline import InputPipeline
@@ -32,7 +31,7 @@ class Run:
     workdir: Path
     train_pipe: InputPipeline
     test_pipe: InputPipeline
-    mngr: ocp.CheckpointManager
+    mngr: checkpoints.Manager
     log: MetricsLog
     wall_start: float  # perf_counter at the start, less the wall time of earlier sessions
     out: Callable[[str], None]
