@@ -178,6 +178,8 @@ def damage(path: Path, err: BaseException) -> str | None:
     Proof needs both: every file of the checkpoint reads to its end (so the disk and the
     permissions are sound), and the error is one for missing, short or undecodable bytes.
     """
+    if not path.is_dir():  # gone with its work dir (or renamed): nothing to prove on
+        return None
     try:
         for file in sorted(path.rglob("*")):
             if file.is_file():
@@ -206,7 +208,7 @@ def _causes(err: BaseException):
 def _first_line(err: BaseException) -> str:
     """The innermost error's type and first line: what a user can act on."""
     root = list(_causes(err))[-1]
-    text = str(root).strip().splitlines()[0][:300] if str(root).strip() else ""
+    text = str(root).strip().splitlines()[0][:1000] if str(root).strip() else ""
     return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
