@@ -7,6 +7,7 @@ Each name imports its module (and so JAX) on first use, so the `alexnet-jax` com
 """
 
 import importlib
+import importlib.metadata
 
 # Name -> the module that defines it.
 _WHERE = {
@@ -17,16 +18,19 @@ _WHERE = {
     "load_split": "data.fashion_mnist",
     "make_pipeline": "data.input_pipeline",
     "model_input": "data.preprocess",
-    "AlexNet": "model",
-    "init_params": "model",
+    "AlexNet": "model.alexnet",
+    "init_params": "model.alexnet",
     "TrainConfig": "config",
-    "build_model": "training.run_dir",
+    "build_model": "model.build",
     **{name: "training.steps" for name in (
         "TrainState", "create_train_state", "cross_entropy", "empty_metrics", "eval_step",
         "evaluate", "train_step")},
 }
 __all__ = sorted(_WHERE)
-__version__ = "0.1.0"
+try:  # the one home of the version is pyproject.toml
+    __version__ = importlib.metadata.version("alexnet-jax")
+except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+    __version__ = "unknown (not installed)"
 
 
 def __getattr__(name: str):

@@ -36,14 +36,13 @@ COMMANDS = {
 
 def train_command(args: argparse.Namespace, argv: list[str]) -> int:
     """`train`; a process of a multi-process run trains in a child (runtime/supervise.py)."""
-    from .runtime.parallel import distributed_flags, init_distributed
-
-    many = distributed_flags(args.coordinator, args.num_processes, args.process_id,
-                             args.distributed)
+    many = supervise.distributed_flags(args.coordinator, args.num_processes,
+                                       args.process_id, args.distributed)
     if many and not supervise.is_child():
         who = "this process" if args.process_id is None else \
             f"process {args.process_id} of {args.num_processes}"
         return supervise.train_in_child(argv, who)
+    from .runtime.parallel import init_distributed
     from .training.loop import train_and_evaluate
 
     init_distributed(args.coordinator, args.num_processes, args.process_id,

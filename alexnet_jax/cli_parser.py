@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .config import D2L, DTYPE_NAMES, IMAGE_SIZE, PIPELINES, SOURCES
+from .config import D2L, DTYPES, IMAGE_SIZE, PIPELINES, QUICK_RUN, SOURCES
 
 DESCRIPTION = "d2l's AlexNet on Fashion-MNIST in JAX/Flax."
 
@@ -49,9 +49,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 EXAMPLES = {
-    "train": """alexnet-jax train                                  # d2l's run (a GPU job)
-  alexnet-jax train --limit-train 2048 --limit-test 256 --epochs 2 --batch-size 32 \\
-      --lr 0.05 --workdir runs/quick                 # learns in 2-4 minutes on 2 CPU cores
+    "train": f"""alexnet-jax train                                  # d2l's run (a GPU job)
+  alexnet-jax train {QUICK_RUN}
+                                                     # learns in 2-4 minutes on 2 CPU cores
   alexnet-jax train --workdir runs/quick --epochs 3  # the same run, one epoch more
   alexnet-jax train --augment --workdir runs/augmented  # with AlexNet's augmentation""",
     "evaluate": """alexnet-jax evaluate --workdir runs/quick
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AlexNet's data augmentation, which d2l leaves out: random "
                    "translations by up to 16 pixels, horizontal flips, brightness x (1 + "
                    "N(0, 0.1)); the test set is never augmented")
-    t.add_argument("--dtype", choices=DTYPE_NAMES, default=D2L.dtype,
+    t.add_argument("--dtype", choices=tuple(DTYPES), default=D2L.dtype,
                    help="computation dtype; parameters stay float32 (float64: parameters "
                    "too, for numerical checks; needs JAX_ENABLE_X64=1)")
     t.add_argument("--profile-steps", type=step_range, metavar="A:B",

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 PIPELINES = ("device", "host")  # resize on the accelerator, or in tf.data on the host
 SOURCES = ("auto", "tfds", "idx")  # how the Fashion-MNIST release files are read
 IMAGE_SIZE = 224  # d2l's Resize(224): the model's input is IMAGE_SIZE x IMAGE_SIZE x 1
-DTYPE_NAMES = ("float32", "bfloat16", "float64")  # --dtype: the computation dtype
+# --dtype NAME: (the computation dtype, the parameters' dtype); None computes in the input's
+# dtype (float32). float64 is for numerical checks (JAX's 64-bit mode).
+DTYPES = {"float32": (None, "float32"), "bfloat16": ("bfloat16", "float32"),
+          "float64": ("float64", "float64")}
+# A run that learns in minutes on a CPU: what the CLI's examples, `train`'s CPU estimate and
+# the README suggest.
+QUICK_RUN = ("--limit-train 2048 --limit-test 256 --epochs 2 --batch-size 32 --lr 0.05 "
+             "--workdir runs/quick")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from alexnet_jax.kernels.conv import NHWC, kernel_grad_matmuls
-from alexnet_jax.model import CONV_LAYERS, conv_out
+from alexnet_jax.model.alexnet import CONV_LAYERS, conv_out
 
 
 def layer_shapes(image_size: int = 224):

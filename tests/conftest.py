@@ -253,7 +253,7 @@ def assert_events_mirror_metrics(workdir) -> None:
     from alexnet_jax.observe.events import read_scalars
 
     points = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    scalars = read_scalars(workdir)
+    scalars = read_scalars(workdir / "tensorboard")
     for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"),
                      ("test_acc", "test/acc"), ("examples_per_sec", "speed/examples_per_sec")):
         kept = [p for p in points if p.get(key) is not None]

@@ -24,7 +24,7 @@ from alexnet_jax.cli import main
 from alexnet_jax.commands.show_batch import batch_seen_at
 from alexnet_jax.data.augment import BRIGHTNESS_SD, MAX_SHIFT, apply, augment, draw
 from alexnet_jax.data.preprocess import model_input
-from alexnet_jax.model import AlexNet, init_params
+from alexnet_jax.model.alexnet import AlexNet, init_params
 from alexnet_jax.training.saved_state import load_state
 from alexnet_jax.training.steps import run_rng, step_input, step_keys
 

@@ -48,6 +48,23 @@ def test_help_and_a_bad_flag_import_no_jax():
     assert result(proc) == "RESULT 0 []", proc.stdout + proc.stderr
 
 
+def test_the_supervising_parent_of_a_multi_process_train_imports_no_jax():
+    """The parent only reads the multi-process flags and starts the child that trains."""
+    parent = """
+import sys
+from alexnet_jax import cli
+from alexnet_jax.runtime import supervise
+supervise.train_in_child = lambda argv, who: print('CHILD', who) or 0
+code = cli.main(['train', '--coordinator', 'localhost:1', '--num-processes', '2',
+                 '--process-id', '1'])
+print('RESULT', code, sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                          timeout=120)
+    assert "CHILD process 1 of 2" in proc.stdout, proc.stdout + proc.stderr
+    assert "RESULT 0 []" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_a_command_that_runs_imports_jax():
     """The check above can fail: `summary` (which does import the model) reports JAX. It
     runs no steps, so it keeps the allocator it started with (no re-execution)."""
@@ -75,6 +92,32 @@ def test_train_defaults_are_the_configs():
     args = build_parser().parse_args(["train"])
     assert TrainConfig.from_dict(vars(args)) == D2L
     assert (D2L.batch_size, D2L.lr, D2L.epochs, D2L.dropout) == (128, 0.01, 10, 0.5)  # d2l's
+
+
+def test_train_flags_are_the_config_fields_both_ways():
+    """Every setting has its flag and every flag is a setting, but for those named here:
+    from_dict drops unknown keys, so a mistyped `dest` would otherwise pass unnoticed."""
+    import dataclasses
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train._actions} - {"help"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields - dests == {"num_classes"}  # Fashion-MNIST's 10; convert records others
+    assert dests - fields == {"restart", "coordinator", "num_processes", "process_id",
+                              "distributed"}  # how to start, not what the run is
+
+
+def test_the_quick_run_is_written_once():
+    """The quick run's flags live in config.QUICK_RUN; --help and the README show them."""
+    from pathlib import Path
+
+    from alexnet_jax.config import QUICK_RUN
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f'make train ARGS="{QUICK_RUN}"' in readme
+    assert f"alexnet-jax train {QUICK_RUN}" in readme
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert f"alexnet-jax train {QUICK_RUN}" in train.format_help()
 
 
 def test_examples_in_help_keep_their_line_breaks():

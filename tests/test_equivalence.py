@@ -19,7 +19,7 @@ from scipy import stats
 from alexnet_jax import AlexNet, init_params
 from alexnet_jax.d2l.reference import d2l_net, nhwc_to_nchw
 from alexnet_jax.d2l.torch_weights import TORCH_INDEX, params_from_torch, params_to_torch
-from alexnet_jax.training.run_dir import build_model
+from alexnet_jax.model.build import build_model
 from alexnet_jax.training.steps import cross_entropy
 
 BATCH = 2  # AlexNet-224 costs ~2 GFLOP per image forward; small batches keep CI quick

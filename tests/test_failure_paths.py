@@ -75,7 +75,7 @@ def test_the_digest_is_part_of_its_checkpoint_and_old_ones_still_verify(referenc
     """A checkpoint holds its SHA-256 (checkpoints/STEP/digest/): a wrong one is found. A
     checkpoint of an earlier version (the state alone, its digest in checkpoint_digests/)
     still restores, and a wrong digest there is found too."""
-    from alexnet_jax.training.run_dir import checkpoint_tree, empty_totals
+    from alexnet_jax.training.checkpoints import checkpoint_tree, empty_totals
     from alexnet_jax.training.steps import empty_metrics
 
     workdir = copy_run(reference_dir, tmp_path / "w")

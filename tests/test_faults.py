@@ -339,7 +339,7 @@ def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(referenc
     import jax.numpy as jnp
 
     from alexnet_jax.training import checkpoints
-    from alexnet_jax.training.run_dir import checkpoint_tree, empty_totals
+    from alexnet_jax.training.checkpoints import checkpoint_tree, empty_totals
     from alexnet_jax.training.saved_state import load_state
     from alexnet_jax.training.steps import empty_metrics
 

@@ -8,18 +8,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "alexnet_jax"
 # config.py (the settings and their defaults) imports nothing of the package, and anything
-# may import it; runtime/ and kernels/ import nothing else of the package, model.py config only.
+# may import it; runtime/ and kernels/ import nothing else of the package, model/ kernels/ only
+# (model/alexnet.py config only: its layers are injected).
 # Each folder (or top-level module) and what it may import besides itself and config; the
 # package's face (alexnet_jax/__init__.py) may import anything but the CLI, the CLI anything.
 MAY_IMPORT = {
-    "config": set(), "runtime": set(), "kernels": set(), "model": set(),
+    "config": set(), "runtime": set(), "kernels": set(), "model": {"kernels"},
     "observe": {"runtime"},
     "data": {"runtime", "observe"},
     "training": {"model", "kernels", "data", "runtime", "observe"},
     "d2l": {"training", "model", "kernels", "data", "runtime", "observe"},
     "commands": {"d2l", "training", "model", "kernels", "data", "runtime", "observe"},
 }
-TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", "cli_parser.py", "config.py", "model.py"}
+TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", "cli_parser.py", "config.py"}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -126,14 +127,49 @@ def test_only_the_entry_points_import_the_training_loop():
 
 def test_model_is_free_of_kernels_and_steps_of_pipelines():
     graph = import_graph()
-    assert graph["alexnet_jax.model"] == {"alexnet_jax.config"}
+    assert graph["alexnet_jax.model.alexnet"] == {"alexnet_jax.config"}
     assert "alexnet_jax.data.input_pipeline" not in graph["alexnet_jax.training.steps"]
 
 
-def test_top_level_holds_the_entry_points_and_the_model_and_folders_say_what_they_hold():
+def test_top_level_holds_the_entry_points_and_folders_say_what_they_hold():
     assert {p.name for p in PACKAGE.glob("*.py")} == TOP_LEVEL
     folders = {p.parent.name: p for p in PACKAGE.glob("*/__init__.py")}
-    assert set(folders) == set(MAY_IMPORT) - {"model", "config"}
+    assert set(folders) == set(MAY_IMPORT) - {"config"}
     for name, init in folders.items():
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and "Imports" in doc, name  # what it holds, and what it may import
+
+
+def test_the_work_dirs_record_names_are_written_once():
+    """Every record's name is a string in training/layout.py and nowhere else in the package
+    (`plot --out`'s default, curves.png in the current directory, is no work dir's record)."""
+    from alexnet_jax.training import layout
+
+    names = {*layout.RECORDS, layout.LOCK, layout.REPLACED}
+    found = []
+    plot_default = ("cli_parser.py", "curves.png")
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "layout.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names \
+                    and (path.name, node.value) != plot_default:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert found == []
+
+
+def test_restart_sets_aside_every_record_of_a_run(tmp_path):
+    """`train --restart` moves each record (profiles too) into replaced/TIME/; the lock stays."""
+    from alexnet_jax.training import layout
+    from alexnet_jax.training.layout import set_aside
+
+    for name in layout.RECORDS:
+        if "." in name:
+            (tmp_path / name).write_text("x")
+        else:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "inside").write_text("x")
+    (tmp_path / layout.LOCK).write_text("")
+    aside = set_aside(tmp_path)
+    assert sorted(p.name for p in aside.iterdir()) == sorted(layout.RECORDS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([layout.LOCK, layout.REPLACED])

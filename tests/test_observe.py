@@ -73,3 +73,39 @@ def test_plot_several_runs(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nowhere"), "--out", str(png)]) == 1
     err = capsys.readouterr().err
     assert "metrics.jsonl is missing" in err and len(err.splitlines()) == 1
+
+
+def test_event_files_are_tensorboards_own_records(tmp_path):
+    """The events written without TensorFlow: checksums equal to TensorBoard's own, and its
+    own reader (EventFileLoader, in a child, where TensorFlow may load) reads every point."""
+    import random
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from alexnet_jax.observe import events
+
+    rng = random.Random(0)
+    for size in (0, 1, 8, 12, 100, 1000):
+        data = bytes(rng.randrange(256) for _ in range(size))
+        assert events.masked_crc32c(data) == masked_crc32c(data), size
+    points = [{"step": s, "train_loss": 2.3 - s / 10, "train_acc": s / 10,
+               "test_acc": None if s % 2 else s / 20} for s in range(1, 5)]
+    log = events.EventLog(tmp_path / "tb", points[:2], lr=0.01)
+    for point in points[2:]:
+        log.add(point)
+    log.close()
+    assert events.read_scalars(tmp_path / "tb")["train/loss"] == [
+        (p["step"], pytest.approx(p["train_loss"])) for p in points]
+    code = ("import sys, json; from pathlib import Path\n"
+            "from tensorboard.backend.event_processing.event_file_loader import "
+            "EventFileLoader\n"
+            "path = next(Path(sys.argv[1]).glob('events.out.tfevents.*'))\n"
+            "print(json.dumps([[e.step, v.tag, v.simple_value if v.HasField('simple_value') "
+            "else v.tensor.float_val[0]] for e in EventFileLoader(str(path)).Load() "
+            "for v in e.summary.value]))")  # its loader turns scalars into tensors
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tb")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [s for s, tag, _ in seen if tag == "test/acc"] == [2, 4]
+    assert [round(v, 5) for s, tag, v in seen if tag == "train/lr"] == [0.01] * 4

@@ -21,7 +21,8 @@ import pytest
 from conftest import finish, free_port, rel_err
 
 from alexnet_jax.cli import main
-from alexnet_jax.runtime.parallel import check_batch_size, make_mesh, pad_indices, put_replicated
+from alexnet_jax.data.padding import pad_indices
+from alexnet_jax.runtime.parallel import check_batch_size, make_mesh, put_replicated
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
@@ -98,7 +99,7 @@ def test_cli_refuses_indivisible_batch_on_four_devices(fashion_mnist_dir, tmp_pa
 @pytest.mark.slow
 def test_padding_examples_change_nothing(test_split):
     """A batch of 6 filled up to 8 with padding (label -1) trains exactly like the 6 alone."""
-    from alexnet_jax.training.run_dir import build_model
+    from alexnet_jax.model.build import build_model
     from alexnet_jax.training.steps import create_train_state, empty_metrics, jit_steps
 
     mesh = make_mesh()
@@ -216,7 +217,8 @@ def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, t
     from alexnet_jax.observe.events import read_scalars  # TensorBoard events: process 0 alone
 
     assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    assert [step for step, _ in read_scalars(tmp_path / "two")["train/loss"]] == [1, 2]
+    events = read_scalars(tmp_path / "two" / "tensorboard")
+    assert [step for step, _ in events["train/loss"]] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()
                   if p.name.isdigit()) == [str(STEPS)]
 

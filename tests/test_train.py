@@ -77,8 +77,8 @@ def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
     """compile_steps compiles every batch shape an epoch has; the epoch then compiles nothing
     (the first timed step used to compile again, inside d2l's examples/sec)."""
     from alexnet_jax.data.input_pipeline import make_pipeline
+    from alexnet_jax.model.build import build_model
     from alexnet_jax.runtime.parallel import make_mesh, put_replicated
-    from alexnet_jax.training.run_dir import build_model
     from alexnet_jax.training.steps import (
         compile_steps,
         create_train_state,
@@ -407,8 +407,9 @@ CHECKPOINT_LAYOUT = {
 def test_checkpoint_layout_unchanged():
     """Checkpoints written by earlier releases restore: same paths, dtypes, shapes, and an
     optimizer state of two empty SGD states."""
-    from alexnet_jax.model import layers
-    from alexnet_jax.training.run_dir import build_model, checkpoint_tree, empty_totals
+    from alexnet_jax.model.alexnet import layers
+    from alexnet_jax.model.build import build_model
+    from alexnet_jax.training.checkpoints import checkpoint_tree, empty_totals
     from alexnet_jax.training.steps import create_train_state, empty_metrics
 
     state = jax.eval_shape(lambda: create_train_state(build_model(), 0, 0.01))

@@ -83,8 +83,8 @@ def abstract_inputs(mesh, dtype: str, batch: int):
     import jax
 
     from ..data.preprocess import batch_spec
+    from ..model.build import build_model
     from ..runtime.parallel import batch_sharding, replicated
-    from ..training.run_dir import build_model
     from ..training.steps import create_train_state, empty_metrics
 
     model = build_model(dtype)

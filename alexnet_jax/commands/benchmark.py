@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from ..config import IMAGE_SIZE
+from ..model.build import build_model
 from ..observe.chips import chip_by_kind
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
@@ -29,7 +30,7 @@ from ..runtime import memory
 from ..runtime.fast_malloc import allocator, allocator_note
 from ..runtime.parallel import batch_sharding, make_mesh, put_replicated
 from ..runtime.versions import package_versions
-from ..training.run_dir import build_model, write_atomic
+from ..training.run_dir import write_atomic
 from ..training.steps import compile_steps, create_train_state, empty_metrics, jit_steps
 from .benchmark_table import markdown
 from .summary import forward_flops
@@ -80,13 +81,17 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -
             compiled = StepTracer(compiled, warmup + 1, warmup + steps, 0,
                                   Path(profile) / f"{variant}-batch{batch}")
         times = []
-        for i in range(warmup + steps):
-            images, labels = batches[i % len(batches)]
-            t0 = time.perf_counter()
-            state, metrics = compiled(state, images, labels, empty_metrics())
-            jax.block_until_ready(metrics)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        try:
+            for i in range(warmup + steps):
+                images, labels = batches[i % len(batches)]
+                t0 = time.perf_counter()
+                state, metrics = compiled(state, images, labels, empty_metrics())
+                jax.block_until_ready(metrics)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+        finally:
+            if profile:  # a trace still open (a step that failed) ends with the row
+                compiled.close()
     stats = jax.devices()[0].memory_stats() or {}
     return {"framework": "jax", "variant": variant, "batch": batch, "compile_s": compile_s,
             "xla_flops_per_image": xla_flops / batch,

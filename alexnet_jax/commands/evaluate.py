@@ -12,6 +12,7 @@ from ..data.input_pipeline import make_pipeline
 from ..data.preprocess import model_input
 from ..observe.progress import Progress
 from ..runtime import memory
+from ..runtime.parallel import make_mesh
 from ..training.run_dir import saved_config, write_atomic
 from ..training.saved_state import load_state
 from ..training.steps import TrainState, check_eval_fits, evaluate
@@ -26,9 +27,10 @@ def evaluate_command(args) -> None:
     split = load_split("test", args.source, args.data_dir, args.manual_dir).head(limit)
     batch = 256
     progress = Progress("evaluate", len(split), unit="images") if len(split) > batch else None
-    pipeline = make_pipeline(args.pipeline, split, batch, False, 0)
-    check_eval_fits(state, pipeline, "evaluate's batch")
-    result = evaluate(state, pipeline, progress)
+    mesh = make_mesh()
+    pipeline = make_pipeline(args.pipeline, split, batch, False, 0, mesh)
+    check_eval_fits(state, pipeline, mesh, "evaluate's batch")
+    result = evaluate(state, pipeline, mesh, progress)
     print(f"checkpoint step {step}: test loss {result['loss']:.4f}, test acc "
           f"{result['acc']:.4f} on {result['count']} test images")
 

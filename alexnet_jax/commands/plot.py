@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..training import layout
 from ..training.metrics_log import read_points
 from ..training.run_dir import RunError
 
@@ -13,7 +14,7 @@ def plot_command(args) -> None:
 
     runs = {}
     for run in args.runs:
-        path = Path(run) / "metrics.jsonl"
+        path = Path(run) / layout.METRICS
         if not path.is_file():
             raise RunError(f"{path} is missing: {run} is not a work dir that has trained")
         points = read_points(path, out=lambda *args: None)

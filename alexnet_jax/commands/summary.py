@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..config import D2L, IMAGE_SIZE
-from ..model import IN_CHANNELS, layers
+from ..model.alexnet import IN_CHANNELS, layers
 
 
 def layer_table(image_size: int = IMAGE_SIZE, num_classes: int = D2L.num_classes) -> list[dict]:

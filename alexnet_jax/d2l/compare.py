@@ -19,6 +19,7 @@ import numpy as np
 from ..data.fashion_mnist import Split, load_split
 from ..data.input_pipeline import epoch_order, num_batches
 from ..observe.progress import Progress
+from ..training import layout
 from ..training.loop import train_and_evaluate
 from ..training.metrics_log import read_points
 from ..training.run_dir import RunError, TrainConfig, write_atomic
@@ -80,7 +81,7 @@ def train_torch(args, seed: int, net, train: Split, test: Split, folder: Path, o
                        args.lr, device, out=out)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), folder / "final_state_dict.pt")
-    write_atomic(folder / "metrics.jsonl", "".join(json.dumps(p) + "\n" for p in points))
+    write_atomic(folder / layout.METRICS, "".join(json.dumps(p) + "\n" for p in points))
     return points
 
 
@@ -96,7 +97,7 @@ def run_seed(args, seed: int, train: Split, test: Split) -> dict[str, list]:
     net = d2l_net(seed, dtype, args.dropout)
     initial = params_from_torch(net.state_dict())
     runs = {}
-    torch_points = folder / "torch" / "metrics.jsonl"
+    torch_points = folder / "torch" / layout.METRICS
     print(f"seed {seed}, {FRAMEWORKS[0]}:")
     if torch_points.is_file():
         runs[FRAMEWORKS[0]] = read_points(torch_points)
@@ -110,10 +111,10 @@ def run_seed(args, seed: int, train: Split, test: Split) -> dict[str, list]:
                          data_dir=args.data_dir, manual_dir=args.manual_dir,
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          dtype=args.dtype, dropout=args.dropout)
-    if not (folder / "jax" / "config.json").is_file():
+    if not (folder / "jax" / layout.CONFIG).is_file():
         start_from(config, initial, f"d2l_net(seed={seed})")
     train_and_evaluate(config, out=lambda line: print("  " + line))
-    runs[FRAMEWORKS[1]] = read_points(folder / "jax" / "metrics.jsonl")
+    runs[FRAMEWORKS[1]] = read_points(folder / "jax" / layout.METRICS)
     return runs
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..config import D2L
-from ..model import CONV_LAYERS, FEATURE_C, FEATURE_HW, layers
+from ..model.alexnet import CONV_LAYERS, FEATURE_C, FEATURE_HW, layers
 
 # Flax module name -> index of that layer in d2l's nn.Sequential.
 TORCH_INDEX = {

@@ -91,7 +91,7 @@ def tfds_release_order(num_examples: int, split: str) -> np.ndarray:
 
 
 def load_tfds_split(split: str, data_dir: str | None = None,
-                    manual_dir: str | None = None) -> Split:
+                    manual_dir: str | None = None, out=print) -> Split:
     """One split through `tfds.load('fashion_mnist')`, reordered to the release order."""
     try:
         tf = import_quietly("tensorflow")
@@ -108,8 +108,8 @@ def load_tfds_split(split: str, data_dir: str | None = None,
     prepared, start = builder.is_prepared(), time.monotonic()
     if not prepared:  # tfds prepares it from the release files, not the network
         manual_dir = str(release_dir(manual_dir))
-        print(f"preparing tensorflow-datasets' copy of Fashion-MNIST in {builder.data_dir} "
-              "(first use only)", flush=True)
+        out(f"preparing tensorflow-datasets' copy of Fashion-MNIST in {builder.data_dir} "
+            "(first use only)")
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
         # tfds prints "Downloading and preparing dataset ..." itself: ours said it above.
@@ -126,7 +126,7 @@ def load_tfds_split(split: str, data_dir: str | None = None,
             f"tfds could not load fashion_mnist: {err}. " + where_to_put_files(manual_dir)
         ) from err
     if not prepared:
-        print(f"prepared it in {duration(time.monotonic() - start)}", flush=True)
+        out(f"prepared it in {duration(time.monotonic() - start)}")
     order = np.empty(len(labels), np.int64)
     order[tfds_release_order(len(labels), split)] = np.arange(len(labels))
     return Split(np.ascontiguousarray(images[order, :, :, 0]), labels[order].astype(np.int32))
@@ -142,18 +142,18 @@ def tf_available() -> bool:
 
 
 def load_split(split: str, source: str = D2L.source, data_dir: str | None = None,
-               manual_dir: str | None = None) -> Split:
+               manual_dir: str | None = None, out=print) -> Split:
     """A split from `source`: 'tfds', 'idx' (the release files read directly, TF-free) or
     'auto' (tfds when TensorFlow and tfds import). The release files come from `manual_dir`,
-    or from the cache, downloaded on first use."""
+    or from the cache, downloaded on first use; `out` says when tfds prepares its copy."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if manual_dir is not None:
-        release_dir(manual_dir)  # every missing file named at once, before TensorFlow loads
+    # every missing file named at once, before TensorFlow loads
+    checked = release_dir(manual_dir) if manual_dir is not None else None
     if source == "auto":
         source = "tfds" if tf_available() else "idx"
     if source == "tfds":
-        return load_tfds_split(split, data_dir=data_dir, manual_dir=manual_dir)
+        return load_tfds_split(split, data_dir=data_dir, manual_dir=manual_dir, out=out)
     if source == "idx":
-        return load_idx_split(release_dir(manual_dir), split)
+        return load_idx_split(checked or release_dir(None), split)
     raise ValueError(f"source must be one of {SOURCES}, got {source!r}")

@@ -13,7 +13,7 @@ the same (seed, epoch) they give the same examples in the same order with the sa
 Both deliver the model's input: (B, 224, 224, 1) float32.
 
 With several devices a batch is sharded over them; a last partial batch that they cannot share
-equally is filled up with padding examples (parallel.PAD), which the steps leave out of the loss
+equally is filled up with padding examples (padding.PAD), which the steps leave out of the loss
 and the metrics.
 """
 
@@ -29,18 +29,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ..config import IMAGE_SIZE, PIPELINES
-from ..runtime.parallel import (
-    PAD,
-    batch_sharding,
-    global_array,
-    is_real,
-    make_mesh,
-    pad_indices,
-    padded_size,
-    process_rows,
-)
+from ..runtime.parallel import batch_sharding, global_array, make_mesh, process_rows
 from ..runtime.tf_import import import_quietly
 from .fashion_mnist import Split
+from .padding import PAD, is_real, pad_indices, padded_size
 from .preprocess import PIXEL_TO_FLOAT, model_input, resize_uint8_tf
 
 
@@ -90,8 +82,6 @@ class HostPipeline(InputPipeline):
     """tf.data: gather, resize (exact Pillow, parallel), prefetch; each process loads only
     the rows of every global batch that its own devices hold."""
 
-    kind = "host"
-
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
                  mesh: Mesh | None = None):
         tf = import_quietly("tensorflow")
@@ -140,8 +130,6 @@ class DevicePipeline(InputPipeline):
     """The uint8 split lives on the devices, sharded over them (one copy in all, not one per
     device); each batch is a device-side gather of its indices, resized there and delivered
     sharded."""
-
-    kind = "device"
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int,
                  mesh: Mesh | None = None):

@@ -180,12 +180,3 @@ def _overlap_add(dd, m: int):
                                                (0, 0)))
         rows.append(total)
     return jnp.stack(rows, axis=2).reshape(b, (th + 1) * m, (tw + 1) * m, c)
-
-
-def rounding_growth(m: int, r: int) -> float:
-    """How much F(m x m, r x r) grows the RMS of independent rounding errors over a direct
-    r x r sum of products (1 for direct): the l2 form of the componentwise bound
-    |A^T| (|G| |g| * |B^T| |d|) for unit g and d, over its worst output, squared for 2-D."""
-    at, g, bt = matrices(m, r)
-    rms = np.sqrt((at ** 2) @ ((g ** 2).sum(1) * (bt ** 2).sum(1)))
-    return float((rms.max() / np.sqrt(r)) ** 2)

@@ -7,19 +7,18 @@ Profile tab) with a `perfetto_trace.json.gz` beside it for https://ui.perfetto.d
 
 from __future__ import annotations
 
-import atexit
 from pathlib import Path
 
 import jax
 
 
 class StepTracer:
-    """A train step that traces global steps `first`..`last` (counting from `done` + 1)."""
+    """A train step that traces global steps `first`..`last` (counting from `done` + 1);
+    `close` ends a trace still open (a run that stops before `last` keeps what it traced)."""
 
     def __init__(self, step, first: int, last: int, done: int, logdir: Path):
         self.step, self.first, self.last, self.count = step, first, last, done
         self.logdir, self.active = Path(logdir), False
-        atexit.register(self.close)  # a run that stops before `last` still keeps its trace
 
     def __call__(self, *args):
         self.count += 1

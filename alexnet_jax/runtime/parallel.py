@@ -9,7 +9,6 @@ no-op, so there is one train step for 1 and N devices.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import threading
@@ -19,34 +18,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .supervise import native_log
+from .supervise import distributed_flags, native_log
 
 DATA_AXIS = "data"
-# Example index, and label, of the padding examples that fill a last partial batch up to a
-# multiple of the devices; the steps leave them out of the loss, the gradient and the metrics.
-PAD = -1
-
-
-def distributed_flags(coordinator: str | None, num_processes: int | None,
-                      process_id: int | None, auto: bool = False) -> bool:
-    """True for a multi-process run; a ValueError for flags that cannot make one.
-
-    Either all three of coordinator, num_processes and process_id, or `auto`: JAX then reads
-    them from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU, JAX_COORDINATOR_ADDRESS).
-    """
-    given = {"--coordinator": coordinator, "--num-processes": num_processes,
-             "--process-id": process_id}
-    if not auto and all(v is None for v in given.values()):
-        return False
-    missing = [k for k, v in given.items() if v is None]
-    if not auto and missing:
-        raise ValueError(f"a multi-process run needs --coordinator, --num-processes and "
-                         f"--process-id together; missing {', '.join(missing)} "
-                         "(or use --distributed to read them from the cluster)")
-    if num_processes is not None and process_id is not None \
-            and not 0 <= process_id < num_processes:
-        raise ValueError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
-    return True
 
 
 # A process that sends no heartbeat for this long is dead to the coordination service, which
@@ -62,6 +36,8 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
     # The run checkpoints on SIGTERM itself (training/stops.py): no preemption service, whose
     # threads only add warnings when a peer dies.
     jax.config.update("jax_enable_preemption_service", False)
+    # For the process's life, not undone: it is the child that exists for this one run
+    # (runtime/supervise.py), and a lost peer can reach any thread until it exits.
     threading.excepthook = _stop_on_lost_process(threading.excepthook)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id,
@@ -197,22 +173,6 @@ def check_batch_size(batch_size: int, num_devices: int) -> None:
     nearest = f"{lower} or {upper}" if lower else f"{upper}"
     raise ValueError(f"--batch-size {batch_size} (the global batch) is not divisible by the "
                      f"{num_devices} devices, so they cannot share it equally; use {nearest}")
-
-
-def padded_size(size: int, num_devices: int) -> int:
-    """A last partial batch is filled up to a multiple of the devices with padding examples."""
-    return math.ceil(size / num_devices) * num_devices
-
-
-def pad_indices(indices: np.ndarray, num_devices: int) -> np.ndarray:
-    """Example indices of one global batch, with PAD for padding examples."""
-    pad = padded_size(len(indices), num_devices) - len(indices)
-    return np.concatenate([indices, np.full(pad, PAD, indices.dtype)]) if pad else indices
-
-
-def is_real(indices_or_labels):
-    """True for real examples, False for padding (numpy, JAX or TensorFlow arrays)."""
-    return indices_or_labels != PAD
 
 
 def process_rows(sharding: NamedSharding, global_size: int) -> slice:

@@ -27,6 +27,28 @@ SERVICE_FATAL = re.compile(r"(?:Terminating process because|detected fatal error
                            r"(?:absl::Status: |Status: )?(?P<status>[A-Z_]+: [^\n]*)")
 
 
+def distributed_flags(coordinator: str | None, num_processes: int | None,
+                      process_id: int | None, auto: bool = False) -> bool:
+    """True for a multi-process run; a ValueError for flags that cannot make one.
+
+    Either all three of coordinator, num_processes and process_id, or `auto`: JAX then reads
+    them from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU, JAX_COORDINATOR_ADDRESS).
+    """
+    given = {"--coordinator": coordinator, "--num-processes": num_processes,
+             "--process-id": process_id}
+    if not auto and all(v is None for v in given.values()):
+        return False
+    missing = [k for k, v in given.items() if v is None]
+    if not auto and missing:
+        raise ValueError(f"a multi-process run needs --coordinator, --num-processes and "
+                         f"--process-id together; missing {', '.join(missing)} "
+                         "(or use --distributed to read them from the cluster)")
+    if num_processes is not None and process_id is not None \
+            and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
+    return True
+
+
 def is_child() -> bool:
     return NATIVE_LOG in os.environ
 
@@ -47,6 +69,7 @@ def native_logs_aside() -> None:
     with path.open("ab") as log:
         os.dup2(log.fileno(), 2)
     sys.stderr.flush()
+    # Not undone: this child exists for one run, and fd 2 now belongs to the native log.
     sys.stderr = os.fdopen(terminal, "w", buffering=1)
     absl = logging.getLogger("absl")
     absl.propagate = False

@@ -30,7 +30,11 @@ def is_import_noise(line: str) -> bool:
 
 
 def quiet_requested() -> bool:
-    """The CLI sets TF_CPP_MIN_LOG_LEVEL=3 unless --verbose; a library user may set it too."""
+    """The CLI sets TF_CPP_MIN_LOG_LEVEL=3 unless --verbose; a library user may set it too.
+
+    TensorFlow's own switch for these lines, read rather than a second one of ours: it must be
+    in the environment before TensorFlow loads anyway, and one setting then quiets both.
+    """
     return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
 
 

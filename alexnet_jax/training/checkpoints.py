@@ -19,9 +19,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from ..config import D2L
-
-# Where `train` moves checkpoints it cannot resume from (beside checkpoints/).
-CORRUPTED, DIVERGED = "corrupted_checkpoints", "diverged_checkpoints"
+from .layout import CHECKPOINTS, CORRUPTED, DIVERGED, LEGACY_DIGESTS
+from .steps import TrainState
 
 
 class CheckpointError(RuntimeError):
@@ -38,14 +37,13 @@ class DivergedCheckpoint(CheckpointError):
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
-    return Path(workdir).absolute() / "checkpoints"
+    return Path(workdir).absolute() / CHECKPOINTS
 
 
 # A checkpoint's two items: the train state, and the SHA-256 of its arrays (written with it,
 # so kept, pruned and moved with it). Checkpoints of earlier versions hold only the state,
 # their digest in LEGACY_DIGESTS/STEP.sha256 beside checkpoints/.
 STATE, DIGEST = "default", "digest"
-LEGACY_DIGESTS = "checkpoint_digests"
 # tensorstore's status codes (the first word of its errors, all ValueError) for bytes that
 # are missing, short or undecodable; anything else (I/O, permissions, memory) is not damage.
 DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND")
@@ -234,7 +232,8 @@ def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any])
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
-                   quarantine: bool = False, strict: bool = False, step: int | None = None):
+                   quarantine: bool = False, strict: bool = False, step: int | None = None,
+                   out=print):
     """(step, tree) of the newest checkpoint that restores cleanly, or (None, None) if none.
 
     A checkpoint proven corrupt (`damage`: missing, short or undecodable bytes on a disk that
@@ -262,7 +261,7 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
             if quarantine:
                 aside = DIVERGED if diverged else CORRUPTED
                 message += f"; moved it to {_quarantine(mngr, path, aside)}"
-            print(f"warning: {message}; trying an earlier checkpoint", flush=True)
+            out(f"warning: {message}; trying an earlier checkpoint")
     return None, None
 
 
@@ -293,3 +292,22 @@ def _quarantine(mngr: ocp.CheckpointManager, path: Path, folder: str) -> Path:
         multihost_utils.sync_global_devices(f"alexnet-jax quarantine {path}")
     mngr.reload()
     return aside
+
+
+def empty_totals() -> dict[str, np.ndarray]:
+    """A run's running totals over all its epochs (d2l's examples/sec and the wall time)."""
+    return {"train_seconds": np.float64(0.0), "train_examples": np.int64(0),
+            "wall_seconds": np.float64(0.0)}
+
+
+def checkpoint_tree(state: TrainState, epoch_metrics, totals) -> dict:
+    """What a checkpoint holds: the state, this epoch's metric sums so far, the totals."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "rng": state.rng, "epoch_metrics": epoch_metrics,
+            "totals": {k: np.asarray(v) for k, v in totals.items()}}
+
+
+def state_from_tree(state: TrainState, tree: dict) -> TrainState:
+    """`state` with what a restored checkpoint tree holds."""
+    return state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
+                         rng=tree["rng"])

@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-LOCK_FILE = "train.lock"
+from .layout import LOCK
 
 
 class WorkdirBusy(RuntimeError):
@@ -25,7 +25,7 @@ class WorkdirBusy(RuntimeError):
 @contextlib.contextmanager
 def hold(workdir: Path):
     """Hold the work dir's lock for the `with` block, or raise WorkdirBusy at once."""
-    path = Path(workdir) / LOCK_FILE
+    path = Path(workdir) / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

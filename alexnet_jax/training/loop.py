@@ -19,12 +19,13 @@ import jax
 
 from ..data.fashion_mnist import load_split
 from ..data.input_pipeline import InputPipeline, make_pipeline
+from ..model.build import build_model
 from ..observe.plots import plot_curves
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
 from ..runtime import memory
 from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
-from . import checkpoints, run_dir
+from . import checkpoints, layout, run_dir
 from . import lock as workdir_lock
 from .metrics_log import MetricsLog
 from .report import CpuEstimate, closing_report, compiled_lines, metrics_point, progress_line
@@ -52,21 +53,32 @@ def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
         check_batch_size(config.batch_size, mesh.size)
     except ValueError as err:
         raise RunError(str(err)) from None
-    out = out if is_primary() else (lambda *args: None)  # one process prints
+    primary = is_primary()
+    warn = out  # every process says which checkpoint it skips
+    out = out if primary else (lambda *args: None)  # one process prints
     workdir = Path(config.workdir)
     # Checked before anything is written: the run in the work dir (--restart sets it aside),
     # then a batch too large.
     provenance = {} if restart else run_dir.continued_records(config)
-    prepared = prepare(config, mesh)
-    with workdir_lock.claim(workdir, is_primary()) as started:
-        if restart and (aside := run_dir.set_aside(workdir)):
+    prepared = prepare(config, mesh, out)
+    with workdir_lock.claim(workdir, primary) as started:
+        if restart and (aside := layout.set_aside(workdir)):
             out(f"starting over: the earlier run's records are in {aside}")
         with checkpoints.manager(workdir, keep=config.keep_checkpoints) as mngr:
-            run, tally, state, epoch_metrics = start(config, workdir, prepared, mngr,
-                                                     provenance, out)
-            with contextlib.closing(run.log):
+            position = restore(config, workdir, prepared, mngr, provenance, out, warn)
+            if primary:
+                run_dir.write_config(workdir, config, extra=provenance)
+            log = MetricsLog(workdir / layout.METRICS, int(position.state.step), out=out,
+                             write=primary)
+            with contextlib.closing(log):
+                log.mirror(config.lr)
+                run = Run(config, workdir, prepared.train_pipe, prepared.test_pipe, mngr, log,
+                          time.perf_counter() - float(position.tally.totals["wall_seconds"]),
+                          out, mesh, primary, train_step=prepared.train_step,
+                          step_bytes=prepared.step_bytes,
+                          compile_seconds=prepared.compile_seconds)
                 started()
-                return train_epochs(run, tally, state, epoch_metrics)
+                return train_epochs(run, position)
 
 
 class Prepared(NamedTuple):
@@ -81,15 +93,15 @@ class Prepared(NamedTuple):
     step_bytes: int  # what a train step allocates per device (XLA's memory analysis)
 
 
-def prepare(config: TrainConfig, mesh) -> Prepared:
+def prepare(config: TrainConfig, mesh, out) -> Prepared:
     """The data, pipelines, fresh state and the train step compiled for every batch shape;
     OutOfMemory when the step cannot fit on this process's devices."""
-    splits = [load_split(name, config.source, config.data_dir, config.manual_dir).head(limit)
+    splits = [load_split(name, config.source, config.data_dir, config.manual_dir, out).head(limit)
               for name, limit in (("train", config.limit_train), ("test", config.limit_test))]
     train_pipe, test_pipe = (make_pipeline(config.pipeline, split, config.batch_size, shuffle,
                                            config.seed, mesh)
                              for split, shuffle in zip(splits, (True, False)))
-    model = run_dir.build_model(config.dtype, config.num_classes, config.dropout)
+    model = build_model(config.dtype, config.num_classes, config.dropout)
     state = put_replicated(create_train_state(model, config.seed, config.lr), mesh)
     epoch_metrics = put_replicated(empty_metrics(state), mesh)
     steps = jit_steps(mesh, config.augment)
@@ -99,42 +111,45 @@ def prepare(config: TrainConfig, mesh) -> Prepared:
     return Prepared(train_pipe, test_pipe, state, epoch_metrics, train_step, seconds, need)
 
 
-def start(config: TrainConfig, workdir: Path, prepared: Prepared, mngr, provenance: dict,
-          out):
-    """The restored (or fresh) state and config.json: the run ready to train."""
+class Position(NamedTuple):
+    """Where training goes on from: the state, this epoch's metric sums, the totals."""
+
+    state: TrainState
+    epoch_metrics: dict
+    tally: Tally
+
+
+def restore(config: TrainConfig, workdir: Path, prepared: Prepared, mngr, provenance: dict,
+            out, warn) -> Position:
+    """The newest usable checkpoint's position, or the fresh one when there is none."""
     state, epoch_metrics = prepared.state, prepared.epoch_metrics
-    train_pipe = prepared.train_pipe
-    totals = run_dir.empty_totals()
-    target = run_dir.checkpoint_tree(state, epoch_metrics, totals)
+    steps_per_epoch = len(prepared.train_pipe)
+    totals = checkpoints.empty_totals()
+    target = checkpoints.checkpoint_tree(state, epoch_metrics, totals)
     saved = mngr.all_steps()
     step, restored = checkpoints.restore_latest(mngr, target, quarantine=True,
-                                                strict=config.strict_checkpoints)
+                                                strict=config.strict_checkpoints, out=warn)
     if restored is not None:
-        state = run_dir.state_from_tree(state, restored)
+        state = checkpoints.state_from_tree(state, restored)
         epoch_metrics, totals = restored["epoch_metrics"], restored["totals"]
         if step == 0:  # a converted checkpoint: given weights, nothing trained yet
             out(f"starting from the weights in the checkpoint at step 0 "
                 f"({provenance.get('converted_from', 'converted')})")
-        elif step < len(train_pipe) * config.epochs:  # a finished run says so, later
+        elif step < steps_per_epoch * config.epochs:  # a finished run says so, later
             out(f"resuming from the checkpoint at step {step} (epoch "
-                f"{step // len(train_pipe) + 1}, batch {step % len(train_pipe)})")
+                f"{step // steps_per_epoch + 1}, batch {step % steps_per_epoch})")
     elif saved:
         raise RunError(checkpoints.none_usable(workdir, saved))
-    run_dir.write_config(workdir, config, extra=provenance)
     start_step = int(state.step)
-    log = MetricsLog(workdir / "metrics.jsonl", start_step, out=out)
-    log.mirror(config.lr)
-    run = Run(config, workdir, train_pipe, prepared.test_pipe, mngr, log,
-              time.perf_counter() - float(totals["wall_seconds"]), out,
-              train_step=prepared.train_step, step_bytes=prepared.step_bytes,
-              compile_seconds=prepared.compile_seconds)
-    return run, Tally(totals, finite_through=start_step, last_saved=start_step), state, \
-        epoch_metrics
+    return Position(state, epoch_metrics,
+                    Tally(totals, finite_through=start_step, last_saved=start_step))
 
 
-def train_epochs(run: Run, tally: Tally, state, epoch_metrics):
+def train_epochs(run: Run, position: Position):
     """The epochs left to train; d2l's closing report."""
+    state, epoch_metrics, tally = position
     start_step = int(state.step)
+    tracer = None
     try:
         if start_step >= run.total_steps:
             run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing "
@@ -144,12 +159,12 @@ def train_epochs(run: Run, tally: Tally, state, epoch_metrics):
             run.out(line)
         train_step = run.train_step
         if run.config.profile_steps:  # (first, last) global steps
-            train_step = StepTracer(train_step, *run.config.profile_steps, start_step,
-                                    run.workdir / "profile")
+            tracer = train_step = StepTracer(train_step, *run.config.profile_steps, start_step,
+                                             run.workdir / layout.PROFILE)
         run = replace(run, train_step=train_step, estimate=CpuEstimate(
             start_step, run.total_steps, run.config.batch_size), progress=Progress(
             "train", run.total_steps, start_step, run.out, tty=sys.stderr.isatty() and
-            is_primary()))
+            run.primary))
         with run.flag:
             for epoch in range(start_step // run.steps_per_epoch, run.config.epochs):
                 first = max(start_step - epoch * run.steps_per_epoch, 0)
@@ -163,9 +178,11 @@ def train_epochs(run: Run, tally: Tally, state, epoch_metrics):
     except Exception as err:
         if memory.is_out_of_memory(err):
             raise memory.out_of_memory("--batch-size", run.config.batch_size, run.step_bytes,
-                                       jax.local_devices(), run.train_pipe.mesh.size) from err
+                                       jax.local_devices(), run.mesh.size) from err
         raise
     finally:
+        if tracer:
+            tracer.close()
         if run.progress:
             run.progress.close()
 
@@ -216,7 +233,7 @@ def end_epoch(run: Run, tally: Tally, state, epoch_metrics, epoch: int,
 
     Returns the emptied metric sums for the next epoch.
     """
-    test = evaluate(state, run.test_pipe)
+    test = evaluate(state, run.test_pipe, run.mesh)
     point = metrics_point(epoch_metrics, (epoch + 1) * run.steps_per_epoch,
                           run.steps_per_epoch, tally.totals, run.wall_start)
     count = int(jax.device_get(epoch_metrics)["count"])
@@ -224,8 +241,8 @@ def end_epoch(run: Run, tally: Tally, state, epoch_metrics, epoch: int,
                  epoch_examples_per_sec=None if step_seconds is None else count / step_seconds)
     run.log.add(point)
     run.out(progress_line(point, run.total_steps))
-    epoch_metrics = put_replicated(empty_metrics(state), run.train_pipe.mesh)
+    epoch_metrics = put_replicated(empty_metrics(state), run.mesh)
     save(run, tally, point["step"], state, epoch_metrics)
-    if is_primary():
-        plot_curves(run.log.points, run.workdir / "curves.png", run.config.epochs)
+    if run.primary:
+        plot_curves(run.log.points, run.workdir / layout.CURVES, run.config.epochs)
     return epoch_metrics

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 from ..observe.events import EventLog
-from ..runtime.parallel import is_primary
-from . import run_dir
+from . import layout, run_dir
 from .run_dir import RunError, write_atomic
 
 
@@ -41,9 +40,9 @@ def damaged(path: Path, number: int, line: str) -> RunError:
 class MetricsLog:
     """metrics.jsonl, which a resume cuts back to its step; `mirror` adds TensorBoard."""
 
-    def __init__(self, path: Path, resume_step: int, out=print):
+    def __init__(self, path: Path, resume_step: int, out=print, write: bool = True):
         self.path = path
-        self.write = is_primary()  # one writer in a multi-process run
+        self.write = write  # one writer in a multi-process run: the primary process
         self.points = [p for p in read_points(path, out) if p["step"] <= resume_step]
         if path.exists() and self.write:
             write_atomic(path, "".join(json.dumps(p) + "\n" for p in self.points))
@@ -52,7 +51,7 @@ class MetricsLog:
     def mirror(self, lr: float) -> None:
         """Mirror the points kept, and each one added, to TensorBoard (tagged with `lr`)."""
         if self.write:
-            self.events = EventLog(self.path.parent, self.points, lr)
+            self.events = EventLog(self.path.parent / layout.EVENTS, self.points, lr)
 
     def close(self) -> None:
         if self.events:

@@ -8,7 +8,7 @@ import time
 
 import jax
 
-from ..config import D2L
+from ..config import D2L, QUICK_RUN
 from ..data.release import TRAIN_IMAGES
 from ..observe.progress import duration
 from ..runtime.fast_malloc import allocator_note
@@ -68,8 +68,6 @@ def compiled_lines(seconds: float, backend: str) -> list[str]:
 D2L_STEPS = D2L.epochs * math.ceil(TRAIN_IMAGES / D2L.batch_size)  # d2l's full run: 4,690
 # Learns in a few minutes on 2 CPU cores (lr 0.05: d2l's 0.01 leaves loss 2.30 only after a
 # few hundred steps); measured in benchmarks/NOTES.md.
-QUICK_RUN = ("alexnet-jax train --limit-train 2048 --limit-test 256 --epochs 2 --batch-size 32 "
-             "--lr 0.05 --workdir runs/quick")
 
 
 class CpuEstimate:
@@ -104,4 +102,4 @@ def cpu_estimate(step_seconds: float, batch_size: int, steps_left: int, total_st
     if (total_steps, batch_size) != (D2L_STEPS, D2L.batch_size):  # not d2l's run itself
         d2l = step_seconds / batch_size * D2L.batch_size * D2L_STEPS  # time per image scales
         line += f"; d2l's full run would take roughly {duration(d2l)} here"
-    return line + f". d2l's full run is a GPU job; a quick run: {QUICK_RUN}"
+    return line + f". d2l's full run is a GPU job; a quick run: alexnet-jax train {QUICK_RUN}"

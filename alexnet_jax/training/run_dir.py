@@ -1,60 +1,29 @@
-"""A run's records in its work dir: config.json, the checkpoint tree, setting a run aside;
-and the model a config builds. metrics.jsonl is metrics_log.py's.
-
-Everything that reads or writes a work dir (train, evaluate, predict, convert) goes through
-here, so the layout of each record is defined once.
+"""A run's settings: checked before anything is written, kept in config.json, compared when
+the run continues; and the one safe way to write a record (whole, or as it was).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ..config import D2L, DTYPE_NAMES, TrainConfig
-from ..kernels.conv import conv_general_dilated
-from ..kernels.pool import max_pool
-from ..model import AlexNet
-from ..runtime.parallel import is_primary
+from ..config import DTYPES, TrainConfig
 from ..runtime.versions import package_versions
-from .steps import TrainState
+from . import layout
 
-# What a run writes into its work dir (besides train.lock).
-RECORDS = ("config.json", "metrics.jsonl", "curves.png", "tensorboard", "checkpoints",
-           "checkpoint_digests", "corrupted_checkpoints", "diverged_checkpoints")
 # Settings that define a run: a work dir refuses to continue with other values.
 RUN_DEFINING = ("batch_size", "lr", "seed", "dtype", "limit_train", "limit_test", "num_classes",
                 "dropout", "augment")
-# --dtype: (computation dtype, parameter dtype). float64 is for numerical checks (x64 only).
-DTYPES = dict(zip(DTYPE_NAMES, ((None, jnp.float32), (jnp.bfloat16, jnp.float32),
-                                (jnp.float64, jnp.float64))))
-# On CPU their gradients are several times faster than XLA's (benchmarks/NOTES.md); on GPU
-# and TPU they are XLA's own. Module-level, so that equal models compare equal under jit.
-FAST_CONV = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-FAST_POOL = max_pool
-
-
 class RunError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
-
-
-def build_model(dtype: str = D2L.dtype, num_classes: int = D2L.num_classes,
-                dropout: float = D2L.dropout) -> AlexNet:
-    """d2l's AlexNet in `dtype` (a --dtype name), with the CPU-fast conv and pool."""
-    compute, param = DTYPES[dtype]
-    return AlexNet(num_classes=num_classes, dropout_rate=dropout, dtype=compute,
-                   param_dtype=param, conv=FAST_CONV, pool=FAST_POOL)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -87,7 +56,7 @@ def check_config(config: TrainConfig) -> None:
 
 def read_config(workdir: str | Path) -> dict:
     """The record in a work dir's config.json."""
-    path = Path(workdir) / "config.json"
+    path = Path(workdir) / layout.CONFIG
     if not Path(workdir).is_dir():
         raise RunError(f"work dir {workdir} does not exist; train or convert into it first")
     if not path.is_file():
@@ -115,11 +84,11 @@ def continued_records(config: TrainConfig) -> dict:
     converted checkpoint came from).
     """
     workdir = Path(config.workdir)
-    if not (workdir / "config.json").exists():
+    if not (workdir / layout.CONFIG).exists():
         return {}
     record = read_config(workdir)
     saved = record["settings"]
-    conflicts = [f"{k}={saved[k]!r} in {workdir / 'config.json'}, {getattr(config, k)!r} now"
+    conflicts = [f"{k}={saved[k]!r} in {workdir / layout.CONFIG}, {getattr(config, k)!r} now"
                  for k in RUN_DEFINING if k in saved and saved[k] != getattr(config, k)]
     if conflicts:
         raise RunError(
@@ -131,9 +100,8 @@ def continued_records(config: TrainConfig) -> dict:
 
 
 def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> None:
-    """config.json: the settings (or `only` those), package versions and devices."""
-    if not is_primary():
-        return
+    """config.json: the settings (or `only` those), package versions and devices (one process
+    of a run writes it)."""
     settings = dataclasses.asdict(config)
     record = {
         "settings": {k: settings[k] for k in only} if only else settings,
@@ -144,17 +112,7 @@ def write_config(workdir: Path, config: TrainConfig, only=None, extra=None) -> N
         "device_kind": jax.devices()[0].device_kind,
         "python": sys.version.split()[0],
     }
-    write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
-
-
-def set_aside(workdir: Path) -> Path | None:
-    """`train --restart`: move the run's records to WORKDIR/replaced/TIME/; nothing is lost."""
-    present = [workdir / name for name in RECORDS if (workdir / name).exists()]
-    aside = workdir / "replaced" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    for path in present:
-        aside.mkdir(parents=True, exist_ok=True)
-        path.rename(aside / path.name)
-    return aside if present else None
+    write_atomic(workdir / layout.CONFIG, json.dumps(record, indent=2) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -173,22 +131,3 @@ def cannot_write(path: Path, err: OSError) -> RunError:
     """One line for a write that failed: the path and the system's reason."""
     return RunError(f"cannot write {path}: {err.strerror or err}. Nothing saved before was "
                     "lost: free space or fix the folder, then run the same command again")
-
-
-def empty_totals() -> dict[str, np.ndarray]:
-    """A run's running totals over all its epochs (d2l's examples/sec and the wall time)."""
-    return {"train_seconds": np.float64(0.0), "train_examples": np.int64(0),
-            "wall_seconds": np.float64(0.0)}
-
-
-def checkpoint_tree(state: TrainState, epoch_metrics, totals) -> dict:
-    """What a checkpoint holds: the state, this epoch's metric sums so far, the totals."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "rng": state.rng, "epoch_metrics": epoch_metrics,
-            "totals": {k: np.asarray(v) for k, v in totals.items()}}
-
-
-def state_from_tree(state: TrainState, tree: dict) -> TrainState:
-    """`state` with what a restored checkpoint tree holds."""
-    return state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
-                         rng=tree["rng"])

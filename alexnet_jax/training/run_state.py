@@ -11,11 +11,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from ..config import TrainConfig
 from ..data.input_pipeline import InputPipeline
 from ..observe.progress import Progress
-from . import checkpoints, run_dir
+from . import checkpoints
 from .metrics_log import MetricsLog
 from .report import CpuEstimate
 from .run_dir import RunError
@@ -35,6 +36,8 @@ class Run:
     log: MetricsLog
     wall_start: float  # perf_counter at the start, less the wall time of earlier sessions
     out: Callable[[str], None]
+    mesh: Mesh  # every device of every process; the pipelines shard over it
+    primary: bool  # the one process that writes the records and prints
     flag: SignalFlag = field(default_factory=SignalFlag)
     train_step: Callable | None = None  # compiled ahead of time for each batch shape
     step_bytes: int = 0  # what a train step allocates per device (XLA's memory analysis)
@@ -64,7 +67,7 @@ class Tally:
 def save(run: Run, tally: Tally, step: int, state: TrainState, epoch_metrics) -> None:
     """Start the checkpoint of `step`; a state with NaN or infinite values is never saved."""
     tally.totals["wall_seconds"] = np.float64(time.perf_counter() - run.wall_start)
-    tree = run_dir.checkpoint_tree(state, epoch_metrics, tally.totals)
+    tree = checkpoints.checkpoint_tree(state, epoch_metrics, tally.totals)
     if bad := checkpoints.non_finite(tree):
         diverged(run, f"NaN or infinite values in {', '.join(bad[:3])} after step {step}, "
                       f"while the train loss was finite through step {tally.finite_through}")

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runtime.parallel import make_mesh, put_replicated
+from ..model.build import build_model
+from ..runtime.parallel import is_primary, make_mesh, put_replicated
 from . import checkpoints
-from .run_dir import (
-    RunError,
-    TrainConfig,
-    build_model,
-    checkpoint_tree,
-    empty_totals,
-    saved_config,
-    state_from_tree,
-    write_config,
-)
+from .checkpoints import checkpoint_tree, empty_totals, state_from_tree
+from .run_dir import RunError, TrainConfig, saved_config, write_config
 from .steps import TrainState, create_train_state, empty_metrics
 
 
@@ -44,7 +37,8 @@ def start_from(config: TrainConfig, params, source) -> None:
     state = create_train_state(build_model(config.dtype, config.num_classes), config.seed,
                                config.lr, params=params)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, config, only=("num_classes", "dtype"),
-                 extra={"converted_from": str(source)})
+    if is_primary():  # one process writes the record
+        write_config(workdir, config, only=("num_classes", "dtype"),
+                     extra={"converted_from": str(source)})
     with checkpoints.manager(workdir) as mngr:  # its close waits for the save
         checkpoints.save(mngr, 0, checkpoint_tree(state, empty_metrics(state), empty_totals()))

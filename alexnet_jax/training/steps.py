@@ -14,10 +14,11 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from ..data.augment import augment as augment_batch
+from ..data.padding import is_real
 from ..data.preprocess import batch_spec, model_input
-from ..model import AlexNet, init_params
+from ..model.alexnet import AlexNet, init_params
 from ..runtime import memory
-from ..runtime.parallel import batch_sharding, is_real, put_replicated, replicated
+from ..runtime.parallel import batch_sharding, put_replicated, replicated
 
 AUGMENT_STREAM = 1  # a step's augmentation key: fold_in(its dropout key, AUGMENT_STREAM)
 
@@ -158,20 +159,20 @@ def compile_steps(steps: Steps, state, metrics, pipeline):
     return train, time.perf_counter() - t0, compiled
 
 
-def check_eval_fits(state: TrainState, pipeline, what: str) -> None:
+def check_eval_fits(state: TrainState, pipeline, mesh: Mesh, what: str) -> None:
     """OutOfMemory when the eval step on `pipeline`'s batches cannot fit on this process's
     devices (XLA's memory analysis of it, compiled for the largest batch)."""
     size = max(pipeline.batch_sizes())
-    compiled = jit_steps(pipeline.mesh).eval.lower(state, *batch_spec(size),
-                                                   empty_metrics(state)).compile()
-    memory.check_fits(compiled, what, size, jax.local_devices(), pipeline.mesh.size)
+    compiled = jit_steps(mesh).eval.lower(state, *batch_spec(size),
+                                          empty_metrics(state)).compile()
+    memory.check_fits(compiled, what, size, jax.local_devices(), mesh.size)
 
 
-def evaluate(state: TrainState, pipeline, progress=None) -> dict[str, float]:
-    """Test loss and accuracy over every example of `pipeline`, dropout off; `progress`
-    (a progress.Progress in examples) follows each finished batch."""
-    eval_step = jit_steps(pipeline.mesh).eval
-    metrics = put_replicated(empty_metrics(state), pipeline.mesh)
+def evaluate(state: TrainState, pipeline, mesh: Mesh, progress=None) -> dict[str, float]:
+    """Test loss and accuracy over every example of `pipeline` (sharded over `mesh`), dropout
+    off; `progress` (a progress.Progress in examples) follows each finished batch."""
+    eval_step = jit_steps(mesh).eval
+    metrics = put_replicated(empty_metrics(state), mesh)
     for batch in pipeline.epoch(0):
         metrics = eval_step(state, batch.images, batch.labels, metrics)
         if progress is not None:

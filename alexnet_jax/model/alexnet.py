@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .config import D2L, IMAGE_SIZE
+from ..config import D2L, IMAGE_SIZE
 
 ModuleDef = Any
 
