@@ -112,9 +112,15 @@ MUTATIONS = {
         "a corrupt checkpoint is set aside, the previous one used", PKG + "training/checkpoints.py",
         "if strict or step is not None:", "if True:",
         ["tests/test_faults.py::test_corrupted_checkpoint_is_detected"]),
+    "restart-records": (
+        "--restart sets aside every record, profiles included", PKG + "training/layout.py",
+        "RECORDS = (CONFIG, METRICS, CURVES, EVENTS, PROFILE,",
+        "RECORDS = (CONFIG, METRICS, CURVES, EVENTS,",
+        ["tests/test_layout.py::test_restart_sets_aside_every_record_of_a_run"]),
     "lost-peer": (
-        "a lost process ends the survivor with one line", PKG + "runtime/parallel.py",
-        "gone = [i for i in everyone if i not in live]", "gone = []",
+        "a lost process ends the survivor with one line", PKG + "cli.py",
+        "    if lost_processes():\n        exit_lost_process(str(err))",
+        "    if False:\n        exit_lost_process(str(err))",
         ["tests/test_lost_process.py"]),
     "augment-key": (
         "augmentation drawn from the step's key", PKG + "training/steps.py",

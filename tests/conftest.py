@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -133,6 +134,22 @@ def d2l_images(split, start: int, n: int) -> np.ndarray:
 
 
 SMALL_RUN = ["--limit-train", "12", "--limit-test", "4", "--batch-size", "4", "--source", "idx"]
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` mounted at `folder` (made), for a disk that fills; skips where no
+    tmpfs can be mounted. Unmounted after, lazily if a writer still holds a file open."""
+    folder.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def train_args(workdir, data, epochs=2, *extra) -> list[str]:

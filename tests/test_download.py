@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import small_disk
 
 from alexnet_jax.data.download import download
 from alexnet_jax.data.fashion_mnist import load_split
@@ -167,13 +168,7 @@ def test_a_disk_that_fills_is_named_not_retried(server, fashion_mnist_dir, tmp_p
     """A full disk is the disk's fault: one error naming the file and ENOSPC, no retry and
     no mirror tried, the part fetched so far kept; with room again the same call finishes."""
     srv, url = server
-    mount = tmp_path / "small"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "small", "4m") as mount:
         with pytest.raises(DataError) as err:
             download(mount, base_urls=[f"{url}/ok/", f"{url}/missing/"], out=lambda *a: None)
         message = str(err.value)
@@ -184,5 +179,3 @@ def test_a_disk_that_fills_is_named_not_retried(server, fashion_mnist_dir, tmp_p
         download(mount, base_urls=[f"{url}/ok/"], out=lambda *a: None)
         assert_cached(mount, fashion_mnist_dir)
         assert srv.requests[1][2] is not None  # resumed from the part kept
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -21,6 +21,7 @@ from conftest import (
     params_of,
     run_record,
     sigterm_after,
+    small_disk,
     steps_saved,
     train_args,
 )
@@ -143,14 +144,8 @@ def test_corrupted_checkpoint_is_detected(reference_dir, fashion_mnist_dir, tmp_
 @pytest.mark.slow
 def test_disk_full_while_saving_keeps_earlier_checkpoints(fashion_mnist_dir, tmp_path,
                                                           capsys):
-    mount = tmp_path / "small"
-    mount.mkdir()
     # ~190 MB per checkpoint of params: 300 MB holds one and fills up during the second.
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mount)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "small", "300m") as mount:
         workdir = mount / "w"
         code = main(train_args(workdir, fashion_mnist_dir, 2, "--checkpoint-every-steps", "1"))
         err = capsys.readouterr().err
@@ -159,11 +154,6 @@ def test_disk_full_while_saving_keeps_earlier_checkpoints(fashion_mnist_dir, tmp
         assert "Traceback" not in err
         assert steps_saved(workdir)  # the earlier checkpoint is still there and readable
         params_of(workdir)
-    finally:
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            # Still busy (a checkpoint writer's file left open): detach it now; the kernel
-            # frees it once the file is closed, and pytest can remove the folder.
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @settings(max_examples=150, deadline=None,

@@ -163,6 +163,8 @@ def test_restart_sets_aside_every_record_of_a_run(tmp_path):
     from alexnet_jax.training import layout
     from alexnet_jax.training.layout import set_aside
 
+    defined = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
+    assert defined - {layout.LOCK, layout.REPLACED} == set(layout.RECORDS)  # none forgotten
     for name in layout.RECORDS:
         if "." in name:
             (tmp_path / name).write_text("x")

@@ -82,6 +82,8 @@ def lost_processes(wait: float = HEARTBEAT_TIMEOUT_SECONDS + 2.0) -> list[int]:
     asking.start()
     asking.join(wait)
     return answer[0] if answer else []
+
+
 def publish_failure(line: str) -> None:
     """Tell the other processes why this one stops (they stop too, with this line)."""
     if jax.distributed.is_initialized():
