@@ -18,7 +18,7 @@ from ..data.padding import is_real
 from ..data.preprocess import batch_spec, model_input
 from ..model.alexnet import AlexNet, init_params
 from ..runtime import memory
-from ..runtime.parallel import batch_sharding, put_replicated, replicated
+from ..runtime.parallel import batch_sharding, make_mesh, put_replicated, replicated
 
 AUGMENT_STREAM = 1  # a step's augmentation key: fold_in(its dropout key, AUGMENT_STREAM)
 
@@ -168,9 +168,12 @@ def check_eval_fits(state: TrainState, pipeline, mesh: Mesh, what: str) -> None:
     memory.check_fits(compiled, what, size, jax.local_devices(), mesh.size)
 
 
-def evaluate(state: TrainState, pipeline, mesh: Mesh, progress=None) -> dict[str, float]:
-    """Test loss and accuracy over every example of `pipeline` (sharded over `mesh`), dropout
-    off; `progress` (a progress.Progress in examples) follows each finished batch."""
+def evaluate(state: TrainState, pipeline, mesh: Mesh | None = None,
+             progress=None) -> dict[str, float]:
+    """Test loss and accuracy over every example of `pipeline`, dropout off. `mesh`: the one
+    the pipeline was made with (by default, as the pipeline's, every device); `progress` (a
+    progress.Progress in examples) follows each finished batch."""
+    mesh = make_mesh() if mesh is None else mesh
     eval_step = jit_steps(mesh).eval
     metrics = put_replicated(empty_metrics(state), mesh)
     for batch in pipeline.epoch(0):
