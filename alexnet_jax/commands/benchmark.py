@@ -27,6 +27,7 @@ from ..observe.chips import chip_by_kind
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
 from ..runtime import memory
+from ..runtime.cpu import bf16_units
 from ..runtime.fast_malloc import allocator, allocator_note
 from ..runtime.parallel import batch_sharding, make_mesh, put_replicated
 from ..runtime.versions import package_versions
@@ -108,6 +109,13 @@ def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
     net.train()  # dropout on, as in d2l's train_ch6
     step = d2l_train_step(net, lr=0.01)
     step = torch.compile(step) if variant == "torch-compile" else step
+    if variant == "torch-bf16":  # d2l's step under autocast, as a PyTorch user runs bf16
+        plain = step
+
+        def step(x, y):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                return plain(x, y)
+
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE, generator=g).to(device),
                 torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(4)]
@@ -164,7 +172,8 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
 def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
                   epoch_split=None, profile=None, on_row=lambda result: None) -> dict:
     """Every (batch, variant) row; `on_row` gets the result so far after each one."""
-    names = list(JAX_VARIANTS) + (["torch-eager", "torch-compile"] if with_torch else [])
+    names = list(JAX_VARIANTS) + (["torch-eager", "torch-bf16", "torch-compile"]
+                                  if with_torch else [])
     if epoch_split is not None:
         names += ["epoch-device", "epoch-host"]
     if variants:
@@ -176,6 +185,7 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
     analytic = 3 * forward_flops()
     versions = package_versions(("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"))
     result = {"device_kind": device_kind, "platform": jax.devices()[0].platform,
+              "cpu_bf16_units": list(bf16_units()),
               "host": platform.node(), "versions": versions, "malloc": allocator(),
               "steps": steps, "warmup": warmup, "rows": []}
     progress = Progress("benchmark", len(batch_sizes) * len(names), unit="rows")
@@ -209,7 +219,7 @@ def bench_row(name, batch, steps, warmup, profile, epoch_split, analytic, device
                 f"{str(err).splitlines()[0] if str(err) else ''}"}
     row["analytic_flops_per_image"] = analytic
     row["tflops_per_sec"] = analytic * row["images_per_sec"] / 1e12
-    peak = peak_flops(device_kind, bf16=name == "jax-bf16")
+    peak = peak_flops(device_kind, bf16=name in ("jax-bf16", "torch-bf16"))
     row["mfu"] = None if peak is None else row["tflops_per_sec"] * 1e12 / peak
     return row
 

@@ -12,7 +12,9 @@ def _fmt(value, spec):
 def markdown(result: dict) -> str:
     lines = [f"device: {result['device_kind']} ({result['platform']}); steps {result['steps']} "
              f"after {result['warmup']} warm-up; malloc {result['malloc']}; "
-             f"versions {result['versions']}", "",
+             f"versions {result['versions']}",
+             f"host CPU's bf16 units: {', '.join(result.get('cpu_bf16_units') or []) or 'none'}"
+             " (amx_bf16, avx512_bf16 in /proc/cpuinfo)", "",
              "| variant | batch | images/s | vs torch eager | step ms median (p10-p90) | "
              "compile s | GFLOP/img (XLA) | TFLOP/s | MFU | peak mem GiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -12,8 +12,6 @@ algorithms. Figures: benchmarks/NOTES.md.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -28,10 +26,20 @@ WINOGRAD_TILE = {3: 4, 5: 4}
 WINOGRAD_MIN_BATCH = 16  # at 8 images conv3-4 ran slower than XLA's, at 16 every layer faster
 
 
+# With bfloat16 products (a CPU with bf16 units): F(2x2, r x r), whose transforms keep the
+# error of bf16 operands within twice a direct conv's, where F(4x4) multiplies it by 9-15
+# (benchmarks/NOTES.md).
+BF16_WINOGRAD_TILE = {3: 2, 5: 4}
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, **kwargs):
-    """Drop-in for `lax.conv_general_dilated` (flax's `nn.Conv(conv_general_dilated=...)`)."""
+                         precision=None, products=None, **kwargs):
+    """Drop-in for `lax.conv_general_dilated` (flax's `nn.Conv(conv_general_dilated=...)`).
+
+    bfloat16 inputs on the CPU are computed in float32 and stored back in bfloat16; with
+    `products` "bfloat16" (a CPU with bf16 units) every product inside runs on bf16
+    operands with float32 sums instead. GPUs and TPUs take their own bf16 convolutions."""
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     plain = (
         dimension_numbers is not None
@@ -46,66 +54,87 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision, **kwargs)
-    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
+    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision,
+                 products if lhs.dtype == jnp.bfloat16 else None)
 
 
 def _xla_conv(x, w, strides, padding, precision):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC,
-                                    precision=precision)
+    return lax.conv_general_dilated(x, w.astype(x.dtype), strides, padding,
+                                    dimension_numbers=NHWC, precision=precision)
 
 
-def winograd_tile(x, w, strides) -> int | None:
-    """The Winograd output tile m of F(m x m, r x r) for this conv on CPU, or None: XLA's.
-    float32 and float64 only: in bfloat16 the transforms' rounding would swamp the result.
-    From WINOGRAD_MIN_BATCH images up: below it the transforms cost more than they save."""
+def winograd_tile(x, w, strides, products=None) -> int | None:
+    """The Winograd output tile m of F(m x m, r x r) for this conv on CPU, or None: no
+    Winograd. From WINOGRAD_MIN_BATCH images up: below it the transforms cost more than they
+    save. bfloat16 inputs are transformed in float32 (in bf16 the transforms' rounding would
+    swamp the result); bf16 products take the smaller, better conditioned tile."""
     kh, kw = w.shape[:2]
     if (kh != kw or tuple(strides) != (1, 1) or x.shape[0] < WINOGRAD_MIN_BATCH
-            or w.dtype not in (jnp.float32, jnp.float64)):
+            or w.dtype not in (jnp.float32, jnp.float64, jnp.bfloat16)):
         return None
-    return WINOGRAD_TILE.get(kh)
+    return (WINOGRAD_TILE if products is None else BF16_WINOGRAD_TILE).get(kh)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, padding, precision):
-    m = winograd_tile(x, w, strides)
-    if m is None:
-        return _xla_conv(x, w, strides, padding, precision)
+def _wide(x):
+    """bfloat16 computed in float32 on the CPU; other dtypes as they are."""
+    return x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x
+
+
+def _cpu_forward(x, w, strides, padding, precision, products, m):
+    """The CPU's conv: (y in x's dtype, Winograd's V or None)."""
+    if m is not None:
+        y, v = winograd.conv_and_transforms(_wide(x), _wide(w), padding, m, precision,
+                                            products)
+        return y.astype(x.dtype), v
+    if products is not None:  # conv1: its patches, one bf16 matmul
+        return patches.conv(x, w, strides, padding, products).astype(x.dtype), None
+    return _xla_conv(_wide(x), _wide(w), strides, padding, precision).astype(x.dtype), None
+
+
+def _forward(x, w, strides, padding, precision, products):
+    m = winograd_tile(x, w, strides, products)
     return lax.platform_dependent(
-        x, w, cpu=lambda x, w: winograd.conv(x, w, padding, m, precision),
+        x, w, cpu=lambda x, w: _cpu_forward(x, w, strides, padding, precision, products, m)[0],
         default=lambda x, w: _xla_conv(x, w, strides, padding, precision))
 
 
-def _conv_fwd(x, w, strides, padding, precision):
-    m = winograd_tile(x, w, strides)
+_conv = jax.custom_vjp(_forward, nondiff_argnums=(2, 3, 4, 5))
+
+
+def _conv_fwd(x, w, strides, padding, precision, products):
+    m = winograd_tile(x, w, strides, products)
     if m is None:
-        return _xla_conv(x, w, strides, padding, precision), (x, w, None)
+        return _forward(x, w, strides, padding, precision, products), (x, w, None)
 
     def xla(x, w):  # with zeros where Winograd's V goes: unused, and dropped by XLA
-        v = jax.eval_shape(lambda x, w: winograd.conv_and_transforms(x, w, padding, m), x, w)[1]
+        v = jax.eval_shape(lambda x, w: _cpu_forward(x, w, strides, padding, precision,
+                                                     products, m)[1], x, w)
         return _xla_conv(x, w, strides, padding, precision), jnp.zeros(v.shape, v.dtype)
 
     y, v = lax.platform_dependent(
-        x, w, cpu=lambda x, w: winograd.conv_and_transforms(x, w, padding, m, precision),
+        x, w, cpu=lambda x, w: _cpu_forward(x, w, strides, padding, precision, products, m),
         default=xla)
     return y, (x, w, v)
 
 
-def _conv_bwd(strides, padding, precision, residuals, g):
+def _conv_bwd(strides, padding, precision, products, residuals, g):
     x, w, v = residuals
     _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision), x, w)
-    m = winograd_tile(x, w, strides)
+    m = winograd_tile(x, w, strides, products)
     if m is None:
-        (dx, _) = vjp(g)  # XLA drops what is not used: this kernel gradient, conv1's dx
+        def cpu(x, w, g):
+            dw = kernel_grad_matmuls(_wide(x), _wide(g), kernel=w.shape, strides=strides,
+                                     padding=padding, precision=precision, products=products)
+            # conv1's dx is never used (its input is the image): XLA drops it
+            _, wide_vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision),
+                                  _wide(x), _wide(w))
+            return wide_vjp(_wide(g))[0].astype(x.dtype), dw.astype(w.dtype)
 
-        def cpu_dw(x, g):
-            return kernel_grad_matmuls(x, g, kernel=w.shape, strides=strides,
-                                       padding=padding, precision=precision).astype(w.dtype)
-
-        dw = lax.platform_dependent(x, g, cpu=cpu_dw, default=lambda x, g: vjp(g)[1])
-        return dx, dw
+        return lax.platform_dependent(x, w, g, cpu=cpu, default=lambda x, w, g: vjp(g))
 
     def cpu(g, v, w):
-        dx, dw = winograd.conv_grads(g, v, w, x.shape, padding, m, precision)
+        dx, dw = winograd.conv_grads(_wide(g), v, _wide(w), x.shape, padding, m, precision,
+                                     products)
         return dx.astype(x.dtype), dw.astype(w.dtype)
 
     return lax.platform_dependent(g, v, w, cpu=cpu, default=lambda g, v, w: vjp(g))
@@ -114,7 +143,8 @@ def _conv_bwd(strides, padding, precision, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def kernel_grad_matmuls(x, g, *, kernel, strides=(1, 1), padding, precision=None):
+def kernel_grad_matmuls(x, g, *, kernel, strides=(1, 1), padding, precision=None,
+                        products=None):
     """dL/dw of an NHWC conv: sum over batch and positions of the input window at each kernel
     tap (i, j) times g.
 
@@ -123,13 +153,16 @@ def kernel_grad_matmuls(x, g, *, kernel, strides=(1, 1), padding, precision=None
     into one matmul over the patch matrix (`patches.py`)."""
     c_in = x.shape[-1]
     if c_in < FEW_CHANNELS:
-        return patches.kernel_grad(x, g, kernel, strides, padding, precision)
+        return patches.kernel_grad(x, g, kernel, strides, padding, precision, products)
+    if products is not None:
+        x, g = x.astype(products), g.astype(products)
     kh, kw = kernel[:2]
     sh, sw = strides
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     b, h, w, c_out = g.shape
     g2 = g.reshape(b * h * w, c_out)  # 2-D operands: faster than a 4-D einsum (NOTES.md)
-    out_type = jnp.promote_types(g.dtype, jnp.float32)
+    out_type = jnp.float32 if products is not None else jnp.promote_types(g.dtype,
+                                                                            jnp.float32)
 
     def window(i, j):  # the inputs tap (i, j) meets, one row per output position
         return xp[:, i:i + sh * (h - 1) + 1:sh, j:j + sw * (w - 1) + 1:sw, :].reshape(-1, c_in)

@@ -122,7 +122,9 @@ def _max_pool_bwd(window, stride, residuals, g):
         return jax.vjp(lambda x: _xla_max_pool(x, window, stride), x)[1](g)[0]
 
     def from_winners(x, winner, g):
-        return winner_grad(winner, g, input_shape=x.shape, window=window,
+        # bfloat16 summed in float32: XLA's CPU loops on bf16 ran 3-5x slower (NOTES.md)
+        wide = g.astype(jnp.float32) if g.dtype == jnp.bfloat16 else g
+        return winner_grad(winner, wide, input_shape=x.shape, window=window,
                            stride=stride).astype(x.dtype)
 
     dx = lax.platform_dependent(x, winner, g, cpu=from_winners, default=xla_grad)

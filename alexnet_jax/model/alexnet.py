@@ -111,7 +111,7 @@ class AlexNet(nn.Module):
 
     `dtype` is the computation dtype (bfloat16 for mixed precision); parameters are kept
     in `param_dtype` (float32 by default) and the logits are returned in float32 or wider.
-    `conv` and `pool` are stock Flax unless another kernel with their signature is injected.
+    `conv`, `pool` and `dense` are stock Flax unless another with their signature is injected.
     """
 
     num_classes: int = D2L.num_classes
@@ -120,6 +120,7 @@ class AlexNet(nn.Module):
     param_dtype: Any = jnp.float32
     conv: ModuleDef = nn.Conv
     pool: Callable = nn.max_pool
+    dense: ModuleDef = nn.Dense
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -155,7 +156,7 @@ class AlexNet(nn.Module):
         return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
     def _dense(self, features: int, in_features: int, name: str) -> nn.Dense:
-        return nn.Dense(
+        return self.dense(
             features,
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=torch_bias_init(in_features),

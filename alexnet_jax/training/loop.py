@@ -155,7 +155,8 @@ def train_epochs(run: Run, position: Position):
             run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing "
                     "to train")
             return state, closing_report(run.log, tally.totals, run.out)
-        for line in compiled_lines(run.compile_seconds, jax.default_backend()):
+        for line in compiled_lines(run.compile_seconds, jax.default_backend(),
+                                   run.config.dtype):
             run.out(line)
         train_step = run.train_step
         if run.config.profile_steps:  # (first, last) global steps

@@ -11,6 +11,7 @@ import jax
 from ..config import D2L, QUICK_RUN
 from ..data.release import TRAIN_IMAGES
 from ..observe.progress import duration
+from ..runtime.cpu import bf16_units
 from ..runtime.fast_malloc import allocator_note
 from ..runtime.parallel import device_name
 from .metrics_log import MetricsLog
@@ -58,11 +59,23 @@ def closing_report(log: MetricsLog, totals: dict, out=print) -> dict:
 
 
 
-def compiled_lines(seconds: float, backend: str) -> list[str]:
-    """What train says once its step is compiled: the time, and what a missing tcmalloc costs."""
-    note = allocator_note(backend)
+def compiled_lines(seconds: float, backend: str, dtype: str = D2L.dtype) -> list[str]:
+    """What train says once its step is compiled: the time, what a missing tcmalloc costs,
+    and what bfloat16 gives on this CPU."""
+    notes = [allocator_note(backend)]
+    if backend == "cpu" and dtype == "bfloat16":
+        notes.append(bf16_cpu_note(bf16_units()))
     return [f"compiled the train step in {seconds:.1f} s (not counted in examples/sec)",
-            *([note] if note else [])]
+            *filter(None, notes)]
+
+
+def bf16_cpu_note(units: tuple[str, ...]) -> str:
+    """What --dtype bfloat16 does on a CPU with these bf16 units (runtime/cpu.py)."""
+    if "amx_bf16" in units:
+        return ("bfloat16 on this CPU: products on its AMX bf16 units, float32 sums")
+    have = f"only {', '.join(units)}" if units else "no bf16 units"
+    return (f"bfloat16 on this CPU ({have}): float32 arithmetic with bf16 activations, "
+            "about float32's speed; it pays only with AMX or on a GPU/TPU")
 
 
 D2L_STEPS = D2L.epochs * math.ceil(TRAIN_IMAGES / D2L.batch_size)  # d2l's full run: 4,690
