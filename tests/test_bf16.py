@@ -8,7 +8,9 @@ from collections import Counter
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from conftest import d2l_images, rel_err
 
 from alexnet_jax.model.build import build_model
 from alexnet_jax.runtime.cpu import bf16_units
@@ -43,9 +45,9 @@ def step_dots(bf16_products: bool, batch: int = 32) -> tuple[str, Counter]:
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's step")
 def test_the_step_for_a_cpu_with_bf16_units_is_bf16_dots():
     """No convolution; 23 dots on bf16 operands with float32 sums (conv1's forward and kernel
-    gradient, conv2-5's three Winograd products each, three per dense layer); no bf16 result
-    and no float32 dot between two large operands (the Winograd transforms' dots have a
-    small constant one)."""
+    gradient; conv2's forward, input and kernel gradients by patches; conv3-5's three
+    Winograd products each; three per dense layer); no bf16 result and no float32 dot
+    between two large operands (the Winograd transforms' dots have a small constant one)."""
     text, dots = step_dots(bf16_products=True)
     assert "stablehlo.convolution" not in text
     assert sum(n for (a, b, out, _), n in dots.items()
@@ -79,7 +81,119 @@ def test_train_says_what_bfloat16_gives_on_this_cpu():
     from alexnet_jax.training.report import bf16_cpu_note, compiled_lines
 
     assert "no bf16 units" in bf16_cpu_note(()) and "float32's speed" in bf16_cpu_note(())
-    assert "only avx512_bf16" in bf16_cpu_note(("avx512_bf16",))
-    assert "AMX" in bf16_cpu_note(("amx_bf16", "avx512_bf16"))
+    assert "bf16 units: amx_bf16, avx512_bf16" in bf16_cpu_note(("amx_bf16", "avx512_bf16"))
     assert len(compiled_lines(1.0, "cpu", "bfloat16")) == len(compiled_lines(1.0, "cpu")) + 1
     assert compiled_lines(1.0, "gpu", "bfloat16") == compiled_lines(1.0, "gpu")
+
+
+# The bound, argued before measuring: bf16 keeps 8 significant bits, so rounding a value to
+# it errs by at most u = 2^-8 relative. The bf16 step rounds a layer's input, its output
+# gradient and its output once each (the kernel stays float32 unless the products are bf16,
+# which round it once more, after Winograd's kernel transform); float32 sums add nothing
+# comparable. Each rounding adds at most u to the relative error of a product, so a layer's
+# output and gradients err by at most 3u (4u with bf16 products) times how much the sums
+# cancel; ReLU activations and Xavier weights cancel little: BOUND = 4u, and twice that for
+# Winograd's bf16 products, whose transforms add and subtract up to 6 terms per value
+# (F(2x2, 3x3)'s B^T and A^T have entries 0 and +-1).
+U = 2.0 ** -8
+BOUND = {"direct": 4 * U, "winograd-bf16": 8 * U}
+
+
+def layer_cases(images: np.ndarray):
+    """d2l's net in float64 on real images: each conv or linear layer with its real input."""
+    import torch
+
+    from alexnet_jax.d2l.reference import d2l_net
+
+    net = d2l_net(seed=5, dtype=torch.float64).eval()
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float64))
+    cases = []
+    with torch.no_grad():
+        for layer in net:
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                cases.append((layer, x))
+            x = layer(x)
+    return cases
+
+
+def torch_layer(layer, x, g, autocast: bool):
+    """(y, dx, dw, db) of `layer` at x with output gradient g, in float64 or under
+    autocast's bfloat16 (inputs given in float32, as an autocast step has them)."""
+    import copy
+
+    import torch
+
+    if autocast:  # a float32 layer, as autocast finds it in a float32 model
+        layer = copy.deepcopy(layer).float()
+    x = x.clone().requires_grad_(True)
+    layer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+    y.backward(g.to(y.dtype))
+    return [t.detach().double().numpy() for t in (y, x.grad, layer.weight.grad,
+                                                  layer.bias.grad)]
+
+
+def ours(layer, x, g, products):
+    """(y, dx, dw, db) of our bf16 layer: input and output gradient stored in bf16, the
+    parameters float32, as in the bf16 train step (kernels/layers.py)."""
+    import torch
+
+    from alexnet_jax.kernels.layers import Conv, Dense
+
+    w = layer.weight.detach().float().numpy()
+    b = layer.bias.detach().float().numpy()
+    if isinstance(layer, torch.nn.Conv2d):
+        module = Conv(w.shape[0], layer.kernel_size, layer.stride,
+                      tuple((p, p) for p in layer.padding), dtype=jnp.bfloat16,
+                      products=products)
+        params = {"kernel": w.transpose(2, 3, 1, 0), "bias": b}
+        xj, gj = (t.numpy().transpose(0, 2, 3, 1) for t in (x, g))
+    else:
+        module = Dense(w.shape[0], dtype=jnp.bfloat16, products=products)
+        params = {"kernel": w.T, "bias": b}
+        xj, gj = x.numpy(), g.numpy()
+    xj, gj = jnp.asarray(xj, jnp.bfloat16), jnp.asarray(gj, jnp.bfloat16)
+    y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, xj)
+    grads, dx = vjp(gj)
+    to_torch = (lambda a: np.asarray(a, np.float64).transpose(0, 3, 1, 2)) \
+        if xj.ndim == 4 else (lambda a: np.asarray(a, np.float64))
+    dw = np.asarray(grads["kernel"], np.float64)
+    dw = dw.transpose(3, 2, 0, 1) if dw.ndim == 4 else dw.T
+    return [to_torch(y), to_torch(dx), dw, np.asarray(grads["bias"], np.float64)]
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("products", [None, "bfloat16"], ids=["float32-arithmetic",
+                                                                "bf16-products"])
+def test_each_bf16_layer_against_float64_beside_autocast(test_split, products, report):
+    """Each layer's output and its three gradients on real activations (16 real images,
+    Winograd's batch), against float64, within BOUND; PyTorch autocast's error on the same
+    inputs is reported beside ours."""
+    import torch
+
+    from alexnet_jax.kernels.conv import BF16_WINOGRAD_TILE
+
+    images = d2l_images(test_split, 0, 16)
+    rng = np.random.default_rng(7)
+    worst = {}
+    for i, (layer, x) in enumerate(layer_cases(images)):
+        with torch.no_grad():
+            out = layer(x)
+        g = torch.from_numpy(rng.standard_normal(out.shape)) * out.abs().mean()
+        exact = torch_layer(layer, x, g, autocast=False)
+        theirs = torch_layer(layer, x.float(), g.float(), autocast=True)
+        mine = ours(layer, x.float(), g.float(), products)
+        name = f"layer {i} ({type(layer).__name__}"
+        k = getattr(layer, "kernel_size", (0,))[0]
+        kind = "winograd-bf16" if products and k in BF16_WINOGRAD_TILE else "direct"
+        for what, a, t, e in zip(("y", "dx", "dw", "db"), mine, theirs, exact):
+            if what == "dx" and i == 0:
+                continue  # the image's gradient: never used
+            err, autocast_err = rel_err(a, e), rel_err(t, e)
+            report(f"bf16 {products or 'float32'} products, {name} {what}) vs float64 "
+                   f"(autocast {autocast_err:.2e})", err, BOUND[kind])
+            worst[(i, what)] = (err, BOUND[kind])
+    over = {k: v for k, v in worst.items() if v[0] > v[1]}
+    assert not over, over

@@ -26,10 +26,10 @@ WINOGRAD_TILE = {3: 4, 5: 4}
 WINOGRAD_MIN_BATCH = 16  # at 8 images conv3-4 ran slower than XLA's, at 16 every layer faster
 
 
-# With bfloat16 products (a CPU with bf16 units): F(2x2, r x r), whose transforms keep the
-# error of bf16 operands within twice a direct conv's, where F(4x4) multiplies it by 9-15
-# (benchmarks/NOTES.md).
-BF16_WINOGRAD_TILE = {3: 2, 5: 4}
+# With bfloat16 products (a CPU with bf16 units): F(2x2, 3x3), whose transforms (entries 0
+# and +-1) keep the error of bf16 operands within twice a direct conv's, where F(4x4) and any
+# tile for 5x5 multiply it by 9-15 (benchmarks/NOTES.md): 5x5 runs as direct patch matmuls.
+BF16_WINOGRAD_TILE = {3: 2}
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -123,8 +123,14 @@ def _conv_bwd(strides, padding, precision, products, residuals, g):
     m = winograd_tile(x, w, strides, products)
     if m is None:
         def cpu(x, w, g):
-            dw = kernel_grad_matmuls(_wide(x), _wide(g), kernel=w.shape, strides=strides,
-                                     padding=padding, precision=precision, products=products)
+            if products is not None:  # one patch matmul each, bf16 operands
+                dw = patches.kernel_grad(x, g, w.shape, strides, padding, precision, products)
+                if strides == (1, 1):
+                    return _input_grad_by_patches(g, w, padding, products).astype(x.dtype), \
+                        dw.astype(w.dtype)
+            else:
+                dw = kernel_grad_matmuls(_wide(x), _wide(g), kernel=w.shape, strides=strides,
+                                         padding=padding, precision=precision)
             # conv1's dx is never used (its input is the image): XLA drops it
             _, wide_vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision),
                                   _wide(x), _wide(w))
@@ -141,6 +147,16 @@ def _conv_bwd(strides, padding, precision, products, residuals, g):
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _input_grad_by_patches(g, w, padding, products):
+    """dL/dx of a stride-1 conv: g convolved with the kernel flipped and its channels swapped,
+    padded by k - 1 - p, as one patch matmul."""
+    kh, kw = w.shape[:2]
+    flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+    back = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
+            (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
+    return patches.conv(g, flipped, (1, 1), back, products)
 
 
 def kernel_grad_matmuls(x, g, *, kernel, strides=(1, 1), padding, precision=None,

@@ -67,8 +67,11 @@ def kernel_to_rows(w, strides):
 
 
 def conv(x, w, strides, padding, products=None):
-    """The NHWC/HWIO conv itself as one matmul over the patch matrix, W^T @ columns (both
-    operands in their stored layout); `products` bfloat16: bf16 operands, float32 sums."""
+    """The NHWC/HWIO conv itself as one matmul over its patches; `products` bfloat16: bf16
+    operands, float32 sums. Stride 1: patches (positions, taps x channels) @ the kernel
+    (taps x channels, out), the output NHWC as it comes; strided (conv1): W^T @ `columns`."""
+    if tuple(strides) == (1, 1):
+        return _conv_stride_one(x, w, padding, products)
     b, h, wd, _ = x.shape
     (kh, kw), (sh, sw) = w.shape[:2], strides
     (p0, p1), (q0, q1) = padding
@@ -79,3 +82,18 @@ def conv(x, w, strides, padding, products=None):
     y = lax.dot_general(rows_t, cols, (((1,), (0,)), ((), ())),
                         preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
     return y.reshape(-1, b, oh, ow).transpose(1, 2, 3, 0)
+
+
+def _conv_stride_one(x, w, padding, products):
+    kh, kw, c, c_out = w.shape
+    dtype = products or x.dtype
+    xp = jnp.pad(x.astype(dtype), ((0, 0), padding[0], padding[1], (0, 0)))
+    b, h, wd, _ = xp.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    taps = jnp.concatenate([xp[:, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)],
+                           axis=-1)  # (b, oh, ow, kh * kw * c): HWIO's row order
+    y = lax.dot_general(taps.reshape(b * oh * ow, -1), w.reshape(-1, c_out).astype(dtype),
+                        (((1,), (0,)), ((), ())),
+                        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    return y.reshape(b, oh, ow, c_out)
+

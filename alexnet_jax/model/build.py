@@ -1,8 +1,8 @@
 """The model a run trains: d2l's AlexNet in a --dtype, with the CPU-fast conv, pool and dense.
 
-bfloat16 on a CPU: products on bf16 operands with float32 sums where the CPU has AMX
-(runtime/cpu.py), else float32 arithmetic with the activations stored in bf16; either way
-never XLA's CPU bf16 convolutions and dots, which convert to float32 and back.
+bfloat16 on a CPU: float32 arithmetic with the activations stored in bf16, or (asked for)
+products on bf16 operands with float32 sums; either way never XLA's CPU bf16 convolutions
+and dots, which convert to float32 and back.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from ..config import D2L, DTYPES
 from ..kernels import layers
 from ..kernels.conv import conv_general_dilated
 from ..kernels.pool import max_pool
-from ..runtime.cpu import bf16_units
 from .alexnet import AlexNet
 
 # On CPU their gradients are several times faster than XLA's (benchmarks/NOTES.md); on GPU
@@ -30,16 +29,16 @@ BF16_LAYERS = {products: (functools.partial(layers.Conv, products=products),
 
 
 def build_model(dtype: str = D2L.dtype, num_classes: int = D2L.num_classes,
-                dropout: float = D2L.dropout, bf16_products: bool | None = None) -> AlexNet:
+                dropout: float = D2L.dropout, bf16_products: bool = False) -> AlexNet:
     """d2l's AlexNet in `dtype` (a --dtype name), with the CPU-fast conv and pool.
 
-    `bf16_products`: for bfloat16 on a CPU, products on bf16 operands (True) or float32
-    (False); None: True where this CPU has AMX. With AVX512-BF16 alone the bf16 products ran
-    no faster than float32's Winograd and are less exact (benchmarks/NOTES.md, 38)."""
+    `bf16_products`: for bfloat16 on a CPU, products on bf16 operands with float32 sums
+    (what bf16 units are for), else float32 arithmetic on the bf16 activations. Off by
+    default: on an AVX512-BF16 CPU the bf16 forms ran 1.4-3x slower than float32's Winograd
+    (benchmarks/NOTES.md, 38); benchmark's jax-bf16-products row measures them elsewhere."""
     compute, param = (None if name is None else jnp.dtype(name) for name in DTYPES[dtype])
     conv, dense = FAST_CONV, nn.Dense
     if dtype == "bfloat16":
-        units = "amx_bf16" in bf16_units() if bf16_products is None else bf16_products
-        conv, dense = BF16_LAYERS["bfloat16" if units else None]
+        conv, dense = BF16_LAYERS["bfloat16" if bf16_products else None]
     return AlexNet(num_classes=num_classes, dropout_rate=dropout, dtype=compute,
                    param_dtype=param, conv=conv, pool=FAST_POOL, dense=dense)

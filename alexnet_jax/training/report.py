@@ -71,11 +71,10 @@ def compiled_lines(seconds: float, backend: str, dtype: str = D2L.dtype) -> list
 
 def bf16_cpu_note(units: tuple[str, ...]) -> str:
     """What --dtype bfloat16 does on a CPU with these bf16 units (runtime/cpu.py)."""
-    if "amx_bf16" in units:
-        return ("bfloat16 on this CPU: products on its AMX bf16 units, float32 sums")
-    have = f"only {', '.join(units)}" if units else "no bf16 units"
-    return (f"bfloat16 on this CPU ({have}): float32 arithmetic with bf16 activations, "
-            "about float32's speed; it pays only with AMX or on a GPU/TPU")
+    have = f"bf16 units: {', '.join(units)}" if units else "no bf16 units"
+    return (f"bfloat16 on this CPU ({have}): float32 arithmetic on bf16 activations, about "
+            "float32's speed; bfloat16 pays on a GPU or TPU (`alexnet-jax benchmark` has "
+            "the bf16-products row for this CPU)")
 
 
 D2L_STEPS = D2L.epochs * math.ceil(TRAIN_IMAGES / D2L.batch_size)  # d2l's full run: 4,690
