@@ -135,8 +135,9 @@ def torch_layer(layer, x, g, autocast: bool):
 
 
 def ours(layer, x, g, products):
-    """(y, dx, dw, db) of our bf16 layer: input and output gradient stored in bf16, the
-    parameters float32, as in the bf16 train step (kernels/layers.py)."""
+    """(y, dx, dw, db) of our bf16 layer: input and output gradient rounded to bf16, the
+    parameters float32, as in the bf16 train step (kernels/layers.py; a conv's output is
+    rounded where the next layer takes it, after pool and ReLU)."""
     import torch
 
     from alexnet_jax.kernels.layers import Conv, Dense
@@ -155,7 +156,7 @@ def ours(layer, x, g, products):
         xj, gj = x.numpy(), g.numpy()
     xj, gj = jnp.asarray(xj, jnp.bfloat16), jnp.asarray(gj, jnp.bfloat16)
     y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, xj)
-    grads, dx = vjp(gj)
+    grads, dx = vjp(gj.astype(y.dtype))  # a conv's float32 output takes bf16's gradient
     to_torch = (lambda a: np.asarray(a, np.float64).transpose(0, 3, 1, 2)) \
         if xj.ndim == 4 else (lambda a: np.asarray(a, np.float64))
     dw = np.asarray(grads["kernel"], np.float64)

@@ -34,12 +34,14 @@ BF16_WINOGRAD_TILE = {3: 2}
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, products=None, **kwargs):
+                         precision=None, products=None, wide_out=False, **kwargs):
     """Drop-in for `lax.conv_general_dilated` (flax's `nn.Conv(conv_general_dilated=...)`).
 
     bfloat16 inputs on the CPU are computed in float32 and stored back in bfloat16; with
     `products` "bfloat16" (a CPU with bf16 units) every product inside runs on bf16
-    operands with float32 sums instead. GPUs and TPUs take their own bf16 convolutions."""
+    operands with float32 sums instead; `wide_out`: their output in float32 (kernels/layers.py
+    rounds it to bf16 after the bias, pool and ReLU). GPUs and TPUs take their own bf16
+    convolutions."""
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     plain = (
         dimension_numbers is not None
@@ -54,8 +56,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision, **kwargs)
+    low = lhs.dtype == jnp.bfloat16
     return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision,
-                 products if lhs.dtype == jnp.bfloat16 else None)
+                 products if low else None, wide_out and low)
 
 
 def _xla_conv(x, w, strides, padding, precision):
@@ -80,46 +83,55 @@ def _wide(x):
     return x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x
 
 
-def _cpu_forward(x, w, strides, padding, precision, products, m):
-    """The CPU's conv: (y in x's dtype, Winograd's V or None)."""
+def _out(x, wide):
+    return jnp.float32 if wide else x.dtype
+
+
+def _cpu_forward(x, w, strides, padding, precision, products, m, wide):
+    """The CPU's conv: (y in x's dtype, or float32 when `wide`; Winograd's V or None)."""
     if m is not None:
         y, v = winograd.conv_and_transforms(_wide(x), _wide(w), padding, m, precision,
                                             products)
-        return y.astype(x.dtype), v
+        return y.astype(_out(x, wide)), v
     if products is not None:  # conv1: its patches, one bf16 matmul
-        return patches.conv(x, w, strides, padding, products).astype(x.dtype), None
-    return _xla_conv(_wide(x), _wide(w), strides, padding, precision).astype(x.dtype), None
+        return patches.conv(x, w, strides, padding, products).astype(_out(x, wide)), None
+    return _xla_conv(_wide(x), _wide(w), strides, padding, precision).astype(_out(x, wide)), \
+        None
 
 
-def _forward(x, w, strides, padding, precision, products):
+def _forward(x, w, strides, padding, precision, products, wide):
     m = winograd_tile(x, w, strides, products)
     return lax.platform_dependent(
-        x, w, cpu=lambda x, w: _cpu_forward(x, w, strides, padding, precision, products, m)[0],
-        default=lambda x, w: _xla_conv(x, w, strides, padding, precision))
+        x, w,
+        cpu=lambda x, w: _cpu_forward(x, w, strides, padding, precision, products, m, wide)[0],
+        default=lambda x, w: _xla_conv(x, w, strides, padding, precision).astype(_out(x, wide)))
 
 
-_conv = jax.custom_vjp(_forward, nondiff_argnums=(2, 3, 4, 5))
+_conv = jax.custom_vjp(_forward, nondiff_argnums=(2, 3, 4, 5, 6))
 
 
-def _conv_fwd(x, w, strides, padding, precision, products):
+def _conv_fwd(x, w, strides, padding, precision, products, wide):
     m = winograd_tile(x, w, strides, products)
     if m is None:
-        return _forward(x, w, strides, padding, precision, products), (x, w, None)
+        return _forward(x, w, strides, padding, precision, products, wide), (x, w, None)
 
     def xla(x, w):  # with zeros where Winograd's V goes: unused, and dropped by XLA
         v = jax.eval_shape(lambda x, w: _cpu_forward(x, w, strides, padding, precision,
-                                                     products, m)[1], x, w)
-        return _xla_conv(x, w, strides, padding, precision), jnp.zeros(v.shape, v.dtype)
+                                                     products, m, wide)[1], x, w)
+        return _xla_conv(x, w, strides, padding, precision).astype(_out(x, wide)), \
+            jnp.zeros(v.shape, v.dtype)
 
     y, v = lax.platform_dependent(
-        x, w, cpu=lambda x, w: _cpu_forward(x, w, strides, padding, precision, products, m),
+        x, w, cpu=lambda x, w: _cpu_forward(x, w, strides, padding, precision, products, m,
+                                            wide),
         default=xla)
     return y, (x, w, v)
 
 
-def _conv_bwd(strides, padding, precision, products, residuals, g):
+def _conv_bwd(strides, padding, precision, products, wide, residuals, g):
     x, w, v = residuals
-    _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision), x, w)
+    _, vjp = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding, precision).astype(
+        _out(x, wide)), x, w)
     m = winograd_tile(x, w, strides, products)
     if m is None:
         def cpu(x, w, g):

@@ -1,5 +1,7 @@
 """Conv and Dense layers for bfloat16 on the CPU: `nn.Conv`'s and `nn.Dense`'s parameters
 and signatures, with the kernel passed in float32 and the bias's gradient summed in float32.
+Conv's output stays float32 through the bias, max-pool and ReLU, and is rounded to bf16 as
+the next layer's input (the activation a step stores); bf16 pooling ran 3x slower.
 
 Why: flax's layers cast the float32 kernel to bf16 (and its gradient back, two passes over
 fc1's 26M weights a step) and add the bias in bf16, whose gradient is then a bf16 reduction
@@ -56,8 +58,8 @@ class Conv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x = x.astype(self.dtype or x.dtype)
         y = conv_general_dilated(x, kernel, self.strides, self.padding, dimension_numbers=NHWC,
-                                 products=self.products)
-        return add_bias(y, bias)
+                                 products=self.products, wide_out=True)
+        return add_bias(y, bias)  # float32: the next layer stores its input in `dtype`
 
 
 class Dense(nn.Module):

@@ -91,6 +91,9 @@ def _cpu_or_xla(x, window, stride):
         return y, jnp.zeros(y.shape, _winner_dtype(window))
 
     def cpu(x):
+        if x.dtype == jnp.bfloat16:  # compared in float32 (XLA's CPU loops on bf16 are slow);
+            y, winner = cpu(x.astype(jnp.float32))  # the maximum itself is exact either way
+            return y.astype(x.dtype), winner
         # By channel halves, concatenated: XLA fuses a concatenation's operands into it but not
         # the concatenation into its consumers, so the winners are computed once and stored.
         # Computed whole, they were fused into each of the gradient's 4 reads and recomputed
