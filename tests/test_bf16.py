@@ -6,6 +6,7 @@ import math
 import re
 from collections import Counter
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -198,3 +199,15 @@ def test_each_bf16_layer_against_float64_beside_autocast(test_split, products, r
             worst[(i, what)] = (err, BOUND[kind])
     over = {k: v for k, v in worst.items() if v[0] > v[1]}
     assert not over, over
+
+
+def test_gpus_and_tpus_keep_flaxs_bf16_layers():
+    """The CPU's bf16 layers are for the CPU: elsewhere XLA's bf16 convolutions stay."""
+    from alexnet_jax.kernels import layers
+    from alexnet_jax.model.build import FAST_CONV
+
+    elsewhere = build_model("bfloat16", for_cpu=False)
+    assert elsewhere.conv is FAST_CONV and elsewhere.dense is flax.linen.Dense
+    on_cpu = build_model("bfloat16", for_cpu=True)
+    assert on_cpu.conv.func is layers.Conv and on_cpu.dense.func is layers.Dense
+    assert build_model("float32", for_cpu=True).conv is FAST_CONV

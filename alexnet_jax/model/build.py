@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ..config import D2L, DTYPES
@@ -29,16 +30,19 @@ BF16_LAYERS = {products: (functools.partial(layers.Conv, products=products),
 
 
 def build_model(dtype: str = D2L.dtype, num_classes: int = D2L.num_classes,
-                dropout: float = D2L.dropout, bf16_products: bool = False) -> AlexNet:
+                dropout: float = D2L.dropout, bf16_products: bool = False,
+                for_cpu: bool | None = None) -> AlexNet:
     """d2l's AlexNet in `dtype` (a --dtype name), with the CPU-fast conv and pool.
 
-    `bf16_products`: for bfloat16 on a CPU, products on bf16 operands with float32 sums
-    (what bf16 units are for), else float32 arithmetic on the bf16 activations. Off by
-    default: on an AVX512-BF16 CPU the bf16 forms ran 1.4-3x slower than float32's Winograd
-    (benchmarks/NOTES.md, 38); benchmark's jax-bf16-products row measures them elsewhere."""
+    bfloat16 `for_cpu` (by default: when JAX's default backend is the CPU) takes the layers
+    of kernels/layers.py; GPUs and TPUs keep flax's, with XLA's bf16 convolutions.
+    `bf16_products`: there, products on bf16 operands with float32 sums (what bf16 units are
+    for), else float32 arithmetic on the bf16 activations. Off by default: on an AVX512-BF16
+    CPU the bf16 forms ran 1.5-2.5x slower than float32's Winograd (benchmarks/NOTES.md, 38);
+    benchmark's jax-bf16-products row measures them elsewhere."""
     compute, param = (None if name is None else jnp.dtype(name) for name in DTYPES[dtype])
     conv, dense = FAST_CONV, nn.Dense
-    if dtype == "bfloat16":
+    if dtype == "bfloat16" and (jax.default_backend() == "cpu" if for_cpu is None else for_cpu):
         conv, dense = BF16_LAYERS["bfloat16" if bf16_products else None]
     return AlexNet(num_classes=num_classes, dropout_rate=dropout, dtype=compute,
                    param_dtype=param, conv=conv, pool=FAST_POOL, dense=dense)
