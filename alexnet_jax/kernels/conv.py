@@ -6,8 +6,11 @@ On CPU, chosen per backend with `lax.platform_dependent`: the stride-1 convs (co
 Winograd's minimal filtering (`winograd.py`: the forward pass keeps its transformed input, from
 which the backward pass takes both gradients through the transforms), and conv1's kernel
 gradient (11x11, stride 4) as one matmul over its patches (`patches.py`).
-GPUs and TPUs keep XLA's convolutions, where cuDNN and the TPU compiler pick their own
-algorithms. Figures: benchmarks/NOTES.md.
+bfloat16 on the CPU (XLA converts its bf16 convolutions to float32 and back) runs the same
+kernels in float32 on widened inputs, or, asked for bf16 products, on bf16 operands with
+float32 sums: F(2x2, 3x3) for 3x3, patch matmuls for the rest. GPUs and TPUs keep XLA's
+convolutions, where cuDNN and the TPU compiler pick their own algorithms. Figures:
+benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def _cpu_forward(x, w, strides, padding, precision, products, m, wide):
         y, v = winograd.conv_and_transforms(_wide(x), _wide(w), padding, m, precision,
                                             products)
         return y.astype(_out(x, wide)), v
-    if products is not None:  # conv1: its patches, one bf16 matmul
+    if products is not None:  # conv1 and conv2: their patches, one bf16 matmul
         return patches.conv(x, w, strides, padding, products).astype(_out(x, wide)), None
     return _xla_conv(_wide(x), _wide(w), strides, padding, precision).astype(_out(x, wide)), \
         None
