@@ -43,7 +43,8 @@ SECONDS_PER_FILE: dict[str, float] = {}  # setup, call and teardown of every tes
 # file: benchmarks/NOTES.md 35). A file not named here keeps its place after them.
 LONGEST_FIRST = ("test_faults.py", "test_train.py", "test_parallel.py", "test_fast_grads.py",
                  "test_lost_process.py", "test_failure_paths.py", "test_library.py",
-                 "test_augment.py", "test_loop_equivalence.py", "test_equivalence.py",
+                 "test_augment.py", "test_loop_equivalence.py", "test_bf16.py",
+                 "test_equivalence.py",
                  "test_tpu_aot.py", "test_benchmark.py", "test_data.py", "test_cli.py")
 
 
