@@ -38,11 +38,11 @@ matmul = jax.custom_vjp(_forward, nondiff_argnums=(2, 3))
 matmul.__doc__ = "x @ w for x (batch, in) and w (in, out), in x's dtype (see the module)."
 
 
-def _dense_fwd(x, w, precision, products):
+def _matmul_fwd(x, w, precision, products):
     return _forward(x, w, precision, products), (x, w)
 
 
-def _dense_bwd(precision, products, residuals, g):
+def _matmul_bwd(precision, products, residuals, g):
     x, w = residuals
 
     def cpu(x, w, g):
@@ -56,4 +56,4 @@ def _dense_bwd(precision, products, residuals, g):
     return lax.platform_dependent(x, w, g, cpu=cpu, default=default)
 
 
-matmul.defvjp(_dense_fwd, _dense_bwd)
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
