@@ -4,7 +4,8 @@
 
 (tcmalloc, as the `alexnet-jax` command preloads it: without it each call's fresh output pages
 fault in, and the forward dot of conv2 took twice as long here.)
-Square float32 GEMMs by XLA and by PyTorch give the rate no matmul of the step can beat; then
+Square GEMMs by XLA and by PyTorch, float32 and bf16 (bf16 operands, float32 sums), give the
+rate no matmul of the step can beat; then
 dU = V^T Z of conv2-5 at batch 128 (the transposed operand that `winograd.conv_grads` runs),
 the same with V transposed in the graph, and the forward V U. Medians of timed calls after
 a warm-up, each ended by block_until_ready (see benchmarks/NOTES.md).
@@ -28,6 +29,17 @@ def batched(lhs: int, rhs: int):
     return lambda a, b: lax.dot_general(a, b, (((lhs,), (rhs,)), ((0,), (0,))))
 
 
+def torch_seconds(t, repeats: int) -> float:
+    """Median seconds of PyTorch's t @ t after a warm-up."""
+    t @ t
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        t @ t
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -35,18 +47,16 @@ def main() -> None:
     for n in (1024, 2048, 4096):
         a = jnp.ones((n, n), jnp.float32)
         s = median_seconds(jax.jit(lambda a: a @ a), (a,), args.repeats)
-        line = f"GEMM {n}^3: XLA {2 * n**3 / s / 1e9:.0f} GFLOP/s"
+        # bf16 operands summed in float32: the dot a CPU's bf16 units (AMX, AVX512-BF16) run
+        bf16 = jax.jit(lambda a: lax.dot(a, a, preferred_element_type=jnp.float32))
+        s16 = median_seconds(bf16, (a.astype(jnp.bfloat16),), args.repeats)
+        line = f"GEMM {n}^3: XLA {2 * n**3 / s / 1e9:.0f}, bf16 {2 * n**3 / s16 / 1e9:.0f} GFLOP/s"
         try:
             import torch
 
-            t = torch.ones(n, n)
-            t @ t
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                t @ t
-                times.append(time.perf_counter() - start)
-            line += f", PyTorch {2 * n**3 / statistics.median(times) / 1e9:.0f} GFLOP/s"
+            line += ", PyTorch " + ", bf16 ".join(
+                f"{2 * n**3 / torch_seconds(torch.ones(n, n, dtype=dtype), args.repeats) / 1e9:.0f}"
+                for dtype in (torch.float32, torch.bfloat16)) + " GFLOP/s"
         except ImportError:
             pass
         print(line, flush=True)
