@@ -39,7 +39,7 @@ def test_benchmark_one_step(tmp_path, capsys):
     assert list(run.glob("*/*.xplane.pb")) and list(run.glob("*/perfetto_trace.json.gz"))
 
 
-def test_bf16_products_row_only_on_a_cpu(monkeypatch, tmp_path, capsys):
+def test_bf16_products_row_only_on_a_cpu(monkeypatch, capsys):
     """On a GPU or TPU jax-bf16-products would time jax-bf16's step again under another name."""
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     result = run_benchmark([2], 1, 1, variants=["jax-bf16-products"], with_torch=False)
