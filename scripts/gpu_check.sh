@@ -69,14 +69,14 @@ EOF
 done
 
 # bfloat16 on the host's CPU, on 2 of its cores as on a 2-core machine: float32 and bf16 rows,
-# and, where the CPU has bf16 units, the bf16-products row and PyTorch's autocast (on a CPU
-# without them autocast takes minutes a step). A time-out is not a failure: the rows measured
+# and, where the CPU has bf16 units, PyTorch's autocast (on a CPU without them autocast takes
+# minutes a step). A time-out is not a failure: the rows measured
 # are in the JSON.
 echo "== bfloat16 on the host CPU, 2 cores: batch ${CPU_BATCHES:-32 128}"
 cpu_variants="jax-f32-default jax-bf16 torch-eager"
 two_cores=$(command -v taskset > /dev/null && echo "taskset -c 0,1")
 if [ -n "$(python -c 'from alexnet_jax.runtime.cpu import bf16_units; print(*bf16_units())')" ]
-then cpu_variants="$cpu_variants jax-bf16-products torch-bf16"; fi
+then cpu_variants="$cpu_variants torch-bf16"; fi
 # shellcheck disable=SC2086
 JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 timeout "${CPU_LIMIT:-200}" \
   $two_cores python -m alexnet_jax.cli benchmark --batch-size ${CPU_BATCHES:-32 128} \

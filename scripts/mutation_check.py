@@ -117,14 +117,10 @@ MUTATIONS = {
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS, PROFILE,",
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS,",
         ["tests/test_layout.py::test_restart_sets_aside_every_record_of_a_run"]),
-    "bf16-products": (
-        "bfloat16 products run as bf16 dots with float32 sums", PKG + "kernels/winograd.py",
-        "    if products is None:\n        return lax.dot_general(a, b, dims, precision=precision)",
-        "    if True:\n        return lax.dot_general(a, b, dims, precision=precision)",
-        ["tests/test_bf16.py::test_the_step_for_a_cpu_with_bf16_units_is_bf16_dots"]),
     "bf16-bound": (
-        "each bf16 layer within the bound argued from bf16's rounding", PKG + "kernels/conv.py",
-        "BF16_WINOGRAD_TILE = {3: 2}", "BF16_WINOGRAD_TILE = {3: 2, 5: 4}",
+        "each bf16 layer within the bound argued from bf16's rounding", PKG + "kernels/dot.py",
+        "    return _dot(x, w, PLAIN, precision).astype(x.dtype)",
+        "    return _dot(x, w.astype(jnp.bfloat16), PLAIN, precision).astype(x.dtype)",
         ["tests/test_bf16.py::test_each_bf16_layer_against_float64_beside_autocast"]),
     "lost-peer": (
         "a lost process ends the survivor with one line", PKG + "cli.py",

@@ -3,11 +3,9 @@
 import json
 import math
 
-import jax
 import pytest
 
 from alexnet_jax.cli import main
-from alexnet_jax.commands.benchmark import run_benchmark
 
 pytestmark = pytest.mark.slow  # every test here runs AlexNet steps
 
@@ -37,14 +35,6 @@ def test_benchmark_one_step(tmp_path, capsys):
     # --profile: a jax.profiler trace of each JAX row's timed steps
     run = tmp_path / "trace" / "jax-f32-default-batch2" / "plugins" / "profile"
     assert list(run.glob("*/*.xplane.pb")) and list(run.glob("*/perfetto_trace.json.gz"))
-
-
-def test_bf16_products_row_only_on_a_cpu(monkeypatch, capsys):
-    """On a GPU or TPU jax-bf16-products would time jax-bf16's step again under another name."""
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    result = run_benchmark([2], 1, 1, variants=["jax-bf16-products"], with_torch=False)
-    assert result["rows"] == []
-    assert "skipping jax-bf16-products: bf16 products are a CPU form" in capsys.readouterr().out
 
 
 def test_benchmark_epoch_rows(fashion_mnist_dir, tmp_path, capsys):

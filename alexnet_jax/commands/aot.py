@@ -84,10 +84,10 @@ def abstract_inputs(mesh, dtype: str, batch: int):
 
     from ..data.preprocess import batch_spec
     from ..model.build import build_model
-    from ..runtime.parallel import batch_sharding, replicated
+    from ..runtime.parallel import batch_sharding, platform, replicated
     from ..training.steps import create_train_state, empty_metrics
 
-    model = build_model(dtype, for_cpu=False)  # the layers a TPU or GPU run takes
+    model = build_model(dtype, backend=platform(mesh))  # the target's layers, not this CPU's
     state = jax.eval_shape(lambda: create_train_state(model, 0, 0.01))
     metrics = jax.eval_shape(lambda: empty_metrics(create_train_state(model, 0, 0.01)))
     repl, data = replicated(mesh), batch_sharding(mesh)

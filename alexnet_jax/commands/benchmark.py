@@ -30,18 +30,18 @@ from ..runtime import memory
 from ..runtime.cpu import bf16_units
 from ..runtime.fast_malloc import allocator, allocator_note
 from ..runtime.parallel import batch_sharding, make_mesh, put_replicated
+from ..runtime.parallel import platform as platform_of
 from ..runtime.versions import package_versions
 from ..training.run_dir import write_atomic
 from ..training.steps import compile_steps, create_train_state, empty_metrics, jit_steps
 from .benchmark_table import markdown
 from .summary import forward_flops
 
-JAX_VARIANTS = {  # name: (--dtype, matmul precision, --augment, bf16 products on the CPU)
-    "jax-f32-default": ("float32", "default", False, False),
-    "jax-f32-highest": ("float32", "highest", False, False),
-    "jax-bf16": ("bfloat16", "default", False, False),
-    "jax-bf16-products": ("bfloat16", "default", False, True),  # what a CPU's bf16 units give
-    "jax-f32-augment": ("float32", "default", True, False),
+JAX_VARIANTS = {  # name: (--dtype, matmul precision, --augment)
+    "jax-f32-default": ("float32", "default", False),
+    "jax-f32-highest": ("float32", "highest", False),
+    "jax-bf16": ("bfloat16", "default", False),
+    "jax-f32-augment": ("float32", "default", True),
 }
 
 
@@ -58,12 +58,11 @@ def summarize(times: list[float], batch: int) -> dict:
             "step_ms_p90": 1e3 * q[2], "images_per_sec": batch / statistics.median(times)}
 
 
-def bench_jax(variant: str, batch: int, steps: int, warmup: int, profile=None) -> dict:
-    dtype, precision, augment, products = JAX_VARIANTS[variant]
-    mesh = make_mesh()
+def bench_jax(variant: str, batch: int, steps: int, warmup: int, mesh, profile=None) -> dict:
+    dtype, precision, augment = JAX_VARIANTS[variant]
     with jax.default_matmul_precision(precision):
         state = put_replicated(create_train_state(
-            build_model(dtype, bf16_products=products), 0, 0.01), mesh)
+            build_model(dtype, backend=platform_of(mesh)), 0, 0.01), mesh)
         sharding = batch_sharding(mesh)
         spec = (jax.ShapeDtypeStruct((batch, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32,
                                      sharding=sharding),
@@ -141,7 +140,7 @@ def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
             "xla_flops_per_image": None, "peak_memory_bytes": peak, **summarize(times, batch)}
 
 
-def bench_epoch(pipeline: str, batch: int, split) -> dict:
+def bench_epoch(pipeline: str, batch: int, split, mesh) -> dict:
     """d2l's epoch end to end: the input pipeline and the train steps, as `train` runs them.
 
     images/s is over the whole epoch's wall time (data included); step_images_per_sec is
@@ -149,9 +148,9 @@ def bench_epoch(pipeline: str, batch: int, split) -> dict:
     """
     from ..data.input_pipeline import make_pipeline
 
-    mesh = make_mesh()
     pipe = make_pipeline(pipeline, split, batch, True, 0, mesh)
-    state = put_replicated(create_train_state(build_model(), 0, 0.01), mesh)
+    state = put_replicated(create_train_state(build_model(backend=platform_of(mesh)), 0, 0.01),
+                           mesh)
     metrics = put_replicated(empty_metrics(), mesh)
     steps = jit_steps(mesh)
     train, compile_s, _ = compile_steps(steps, state, metrics, pipe)
@@ -183,11 +182,7 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
         if unknown:
             raise ValueError(f"unknown variants {unknown}; choose from {names}")
         names = [n for n in names if n in variants]
-    backend = jax.default_backend()
-    if backend != "cpu" and "jax-bf16-products" in names:  # build_model ignores it there
-        print(f"skipping jax-bf16-products: bf16 products are a CPU form; on {backend} "
-              "jax-bf16 is that step")
-        names.remove("jax-bf16-products")
+    mesh = make_mesh()
     device_kind = jax.devices()[0].device_kind
     analytic = 3 * forward_flops()
     versions = package_versions(("alexnet-jax", "jax", "jaxlib", "flax", "optax", "torch"))
@@ -198,7 +193,7 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
     progress = Progress("benchmark", len(batch_sizes) * len(names), unit="rows")
     for batch in batch_sizes:
         for name in names:
-            row = bench_row(name, batch, steps, warmup, profile, epoch_split, analytic,
+            row = bench_row(name, batch, steps, warmup, mesh, profile, epoch_split, analytic,
                             device_kind)
             if row is not None:
                 result["rows"].append(row)
@@ -208,14 +203,14 @@ def run_benchmark(batch_sizes, steps, warmup, variants=None, with_torch=True,
     return result
 
 
-def bench_row(name, batch, steps, warmup, profile, epoch_split, analytic, device_kind):
+def bench_row(name, batch, steps, warmup, mesh, profile, epoch_split, analytic, device_kind):
     """One row: images/s and what follows from it, the error that stopped it, or None
     where the variant's framework is not installed."""
     try:
         if name.startswith("jax"):
-            row = bench_jax(name, batch, steps, warmup, profile)
+            row = bench_jax(name, batch, steps, warmup, mesh, profile)
         elif name.startswith("epoch"):
-            row = bench_epoch(name.removeprefix("epoch-"), batch, epoch_split)
+            row = bench_epoch(name.removeprefix("epoch-"), batch, epoch_split, mesh)
         else:
             row = bench_torch(name, batch, steps, warmup)
     except Exception as err:  # torch.compile without a toolchain, say
@@ -242,7 +237,7 @@ def add_ratios(rows) -> None:
 
 
 def main(args) -> int:
-    note = allocator_note(jax.default_backend())
+    note = allocator_note(platform_of(make_mesh()))
     if note:
         print(note)
     epoch_split = None

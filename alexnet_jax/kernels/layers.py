@@ -1,5 +1,6 @@
-"""Conv and Dense layers for bfloat16 on the CPU: `nn.Conv`'s and `nn.Dense`'s parameters
-and signatures, with the kernel passed in float32 and the bias's gradient summed in float32.
+"""Conv and Dense layers for bfloat16 on the CPU (`model/build.py`'s CPU model): `nn.Conv`'s
+and `nn.Dense`'s parameters and signatures, with the kernel passed in float32 and the bias's
+gradient summed in float32.
 Conv's output stays float32 through the bias, max-pool and ReLU, and is rounded to bf16 as
 the next layer's input (the activation a step stores); bf16 pooling ran 3x slower.
 
@@ -49,7 +50,6 @@ class Conv(nn.Module):
     bias_init: Any = nn.initializers.zeros
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    products: str | None = None  # see conv_general_dilated
 
     @nn.compact
     def __call__(self, x):
@@ -58,7 +58,7 @@ class Conv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x = x.astype(self.dtype or x.dtype)
         y = conv_general_dilated(x, kernel, self.strides, self.padding, dimension_numbers=NHWC,
-                                 products=self.products, wide_out=True)
+                                 wide_out=True)
         return add_bias(y, bias)  # float32: the next layer stores its input in `dtype`
 
 
@@ -70,7 +70,6 @@ class Dense(nn.Module):
     bias_init: Any = nn.initializers.zeros
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    products: str | None = None  # see dot.matmul
 
     @nn.compact
     def __call__(self, x):
@@ -78,4 +77,4 @@ class Dense(nn.Module):
                             self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x = x.astype(self.dtype or x.dtype)
-        return add_bias(dot.matmul(x, kernel, None, self.products), bias)
+        return add_bias(dot.matmul(x, kernel, None), bias)

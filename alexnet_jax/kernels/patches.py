@@ -46,54 +46,10 @@ def rows_to_kernel(rows, kernel_shape, strides):
     return wp.reshape(bh * sh, bw * sw, c, c_out)[:kh, :kw]
 
 
-def kernel_grad(x, g, kernel_shape, strides, padding, precision=None, products=None):
-    """dL/dw of the NHWC/HWIO conv from its input x and g = dL/dy: columns @ g (on
-    `products` operands when given, float32 sums)."""
-    if products is not None:
-        x, g = x.astype(products), g.astype(products)
+def kernel_grad(x, g, kernel_shape, strides, padding, precision=None):
+    """dL/dw of the NHWC/HWIO conv from its input x and g = dL/dy: columns @ g."""
     cols = columns(x, kernel_shape[:2], strides, padding)
     dw = lax.dot_general(cols, g.reshape(cols.shape[1], -1), (((1,), (0,)), ((), ())),
                          precision=precision,
                          preferred_element_type=jnp.promote_types(g.dtype, jnp.float32))
     return rows_to_kernel(dw, kernel_shape, strides)
-
-
-def kernel_to_rows(w, strides):
-    """An HWIO kernel as the (K, C_out) matrix over `columns`' rows (padded taps zero)."""
-    (kh, kw, c, c_out), (sh, sw) = w.shape, strides
-    bh, bw = _blocks(kh, sh), _blocks(kw, sw)
-    wp = jnp.pad(w, ((0, bh * sh - kh), (0, bw * sw - kw), (0, 0), (0, 0)))
-    return wp.reshape(bh, sh, bw, sw, c, c_out).transpose(0, 2, 1, 3, 4, 5).reshape(-1, c_out)
-
-
-def conv(x, w, strides, padding, products=None):
-    """The NHWC/HWIO conv itself as one matmul over its patches; `products` bfloat16: bf16
-    operands, float32 sums. Stride 1: patches (positions, taps x channels) @ the kernel
-    (taps x channels, out), the output NHWC as it comes; strided (conv1): W^T @ `columns`."""
-    if tuple(strides) == (1, 1):
-        return _conv_stride_one(x, w, padding, products)
-    b, h, wd, _ = x.shape
-    (kh, kw), (sh, sw) = w.shape[:2], strides
-    (p0, p1), (q0, q1) = padding
-    oh, ow = (h + p0 + p1 - kh) // sh + 1, (wd + q0 + q1 - kw) // sw + 1
-    dtype = products or x.dtype
-    cols = columns(x.astype(dtype), (kh, kw), strides, padding)
-    rows_t = kernel_to_rows(w, strides).T.astype(dtype)  # (C_out, K): small, made once
-    y = lax.dot_general(rows_t, cols, (((1,), (0,)), ((), ())),
-                        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
-    return y.reshape(-1, b, oh, ow).transpose(1, 2, 3, 0)
-
-
-def _conv_stride_one(x, w, padding, products):
-    kh, kw, c, c_out = w.shape
-    dtype = products or x.dtype
-    xp = jnp.pad(x.astype(dtype), ((0, 0), padding[0], padding[1], (0, 0)))
-    b, h, wd, _ = xp.shape
-    oh, ow = h - kh + 1, wd - kw + 1
-    taps = jnp.concatenate([xp[:, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)],
-                           axis=-1)  # (b, oh, ow, kh * kw * c): HWIO's row order
-    y = lax.dot_general(taps.reshape(b * oh * ow, -1), w.reshape(-1, c_out).astype(dtype),
-                        (((1,), (0,)), ((), ())),
-                        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
-    return y.reshape(b, oh, ow, c_out)
-

@@ -1,14 +1,15 @@
-"""Max-pooling (VALID, square windows) that on CPU records each window's winner for its
+"""Max-pooling (VALID, square windows) for the CPU that records each window's winner for its
 gradient.
 
 Why: XLA's CPU max-pool gradient (select-and-scatter) and the gradient by comparing every
 window tap with the maximum both read and write the full-size input many times over: 13%
-of the CPU train step at batch 128 (benchmarks/NOTES.md). On CPU the forward pass walks the
+of the CPU train step at batch 128 (benchmarks/NOTES.md). Here the forward pass walks the
 window's taps once, keeping the maximum and the (int8) index of the tap that gave it: the
 first maximum in row-major order, as PyTorch's max_pool2d, and a NaN wins as there. The
 gradient is then one pass that writes each input position once: positions of the same
 residue modulo the stride form a grid that only a few taps reach, each a shifted copy of
-the output gradient masked by the winner index. Other backends keep XLA's ops.
+the output gradient masked by the winner index. Only `model/build.py`'s CPU model takes it:
+other backends keep flax's max_pool.
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ def max_pool(x, window_shape, strides=None, padding="VALID"):
         raise ValueError(f"max_pool takes square windows and strides with VALID padding, "
                          f"got window {window_shape}, strides {strides}, padding {padding!r}")
     return _max_pool(x, window, stride)
-
-
-def _xla_max_pool(x, window, stride):
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
-                             (1, stride, stride, 1), "VALID")
 
 
 def _winner_dtype(window):
@@ -83,55 +79,38 @@ def winner_grad(winner, g, *, input_shape, window, stride):
     return dx[:, :h, :w]
 
 
-def _cpu_or_xla(x, window, stride):
-    """(max-pool, winner indices) on CPU; elsewhere XLA's max-pool and unused zeros, which
-    XLA drops (one platform is compiled for)."""
-    def xla(x):
-        y = _xla_max_pool(x, window, stride)
-        return y, jnp.zeros(y.shape, _winner_dtype(window))
-
-    def cpu(x):
-        if x.dtype == jnp.bfloat16:  # compared in float32 (XLA's CPU loops on bf16 are slow);
-            y, winner = cpu(x.astype(jnp.float32))  # the maximum itself is exact either way
-            return y.astype(x.dtype), winner
-        # By channel halves, concatenated: XLA fuses a concatenation's operands into it but not
-        # the concatenation into its consumers, so the winners are computed once and stored.
-        # Computed whole, they were fused into each of the gradient's 4 reads and recomputed
-        # there, 9 taps each time (pool1's gradient 78 -> 16 ms at batch 128, NOTES.md).
-        half = x.shape[-1] // 2
-        if not half:
-            return max_and_winner(x, window, stride)
-        low, high = (max_and_winner(part, window, stride)
-                     for part in (x[..., :half], x[..., half:]))
-        return tuple(jnp.concatenate(pair, axis=-1) for pair in zip(low, high))
-
-    return lax.platform_dependent(x, cpu=cpu, default=xla)
+def _max_and_winner_by_halves(x, window, stride):
+    """(max-pool, winner indices), the winners computed once and stored."""
+    if x.dtype == jnp.bfloat16:  # compared in float32 (XLA's CPU loops on bf16 are slow);
+        y, winner = _max_and_winner_by_halves(x.astype(jnp.float32), window, stride)
+        return y.astype(x.dtype), winner  # the maximum itself is exact either way
+    # By channel halves, concatenated: XLA fuses a concatenation's operands into it but not
+    # the concatenation into its consumers, so the winners are computed once and stored.
+    # Computed whole, they were fused into each of the gradient's 4 reads and recomputed
+    # there, 9 taps each time (pool1's gradient 78 -> 16 ms at batch 128, NOTES.md).
+    half = x.shape[-1] // 2
+    if not half:
+        return max_and_winner(x, window, stride)
+    low, high = (max_and_winner(part, window, stride) for part in (x[..., :half], x[..., half:]))
+    return tuple(jnp.concatenate(pair, axis=-1) for pair in zip(low, high))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool(x, window, stride):
-    return _cpu_or_xla(x, window, stride)[0]
+    return _max_and_winner_by_halves(x, window, stride)[0]
 
 
 def _max_pool_fwd(x, window, stride):
-    y, winner = _cpu_or_xla(x, window, stride)
+    y, winner = _max_and_winner_by_halves(x, window, stride)
     return y, (x, winner)
 
 
 def _max_pool_bwd(window, stride, residuals, g):
     x, winner = residuals
-
-    def xla_grad(x, winner, g):
-        return jax.vjp(lambda x: _xla_max_pool(x, window, stride), x)[1](g)[0]
-
-    def from_winners(x, winner, g):
-        # bfloat16 summed in float32: XLA's CPU loops on bf16 ran 3-5x slower (NOTES.md)
-        wide = g.astype(jnp.float32) if g.dtype == jnp.bfloat16 else g
-        return winner_grad(winner, wide, input_shape=x.shape, window=window,
-                           stride=stride).astype(x.dtype)
-
-    dx = lax.platform_dependent(x, winner, g, cpu=from_winners, default=xla_grad)
-    return (dx,)
+    # bfloat16 summed in float32: XLA's CPU loops on bf16 ran 3-5x slower (NOTES.md)
+    wide = g.astype(jnp.float32) if g.dtype == jnp.bfloat16 else g
+    return (winner_grad(winner, wide, input_shape=x.shape, window=window,
+                        stride=stride).astype(x.dtype),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -111,23 +111,16 @@ def _grad_tiles(gp, at: np.ndarray, precision=None):
     return z.reshape(a * a, -1, c)
 
 
-def _product(a, b, dims, precision, products):
-    """One of the three big products: in the operands' dtype, or (`products` bfloat16) on
-    bf16 operands accumulated in float32, which XLA's CPU runs on its bf16 dot kernels."""
-    if products is None:
-        return lax.dot_general(a, b, dims, precision=precision)
-    return lax.dot_general(a.astype(products), b.astype(products), dims, precision=precision,
-                           preferred_element_type=jnp.float32)
+BATCHED = (((2,), (1,)), ((0,), (0,)))  # (a*a, tiles, c) @ (a*a, c, c'): one matmul per point
 
 
-def conv(x, w, padding, m: int, precision=None, products=None):
+def conv(x, w, padding, m: int, precision=None):
     """Stride-1 NHWC/HWIO convolution (XLA's cross-correlation) by F(m x m, r x r)."""
-    return conv_and_transforms(x, w, padding, m, precision, products)[0]
+    return conv_and_transforms(x, w, padding, m, precision)[0]
 
 
-def conv_and_transforms(x, w, padding, m: int, precision=None, products=None):
-    """`conv`, and the transformed input that `conv_grads` takes: (y, V). `products`: the
-    dtype of the products' operands (V is kept in it); None for x's own."""
+def conv_and_transforms(x, w, padding, m: int, precision=None):
+    """`conv`, and the transformed input that `conv_grads` takes: (y, V)."""
     r = w.shape[0]
     a = m + r - 1
     at, gm, bt = matrices(m, r)
@@ -138,15 +131,13 @@ def conv_and_transforms(x, w, padding, m: int, precision=None, products=None):
     xp = jnp.pad(x, ((0, 0), (p0, p1 + th * m - oh), (q0, q1 + tw * m - ow), (0, 0)))
     v = _tiles(xp, bt, m, (th, tw))
     u = _tiles(w.reshape(1, r, r, -1), gm, 1, (1, 1)).reshape(a * a, c_in, -1)  # G w G^T
-    if products is not None:
-        v = v.astype(products)  # kept for the backward pass in the products' dtype
-    prod = _product(v, u, (((2,), (1,)), ((0,), (0,))), precision, products)
+    prod = lax.dot_general(v, u, BATCHED, precision=precision)
     y = _untile_matmul(at, prod, precision).reshape(m, m, b, th, tw, -1)  # (col, row, ...)
     y = y.transpose(2, 3, 1, 4, 0, 5).reshape(b, th * m, tw * m, -1)
     return y[:, :oh, :ow], v
 
 
-def conv_grads(g, v, w, x_shape, padding, m: int, precision=None, products=None):
+def conv_grads(g, v, w, x_shape, padding, m: int, precision=None):
     """(dL/dx, dL/dw) of `conv` from g = dL/dy and the forward pass's V: the gradient of
     Winograd's own three stages. Z = A g A^T (m x m tiles of g, non-overlapping) is shared:
     dL/dU = V^T Z and dL/dV = Z U^T are the matmuls, dw = G^T dU G, and each tile's
@@ -168,8 +159,7 @@ def conv_grads(g, v, w, x_shape, padding, m: int, precision=None, products=None)
                          precision=precision, preferred_element_type=out_type)
     dw = _untile_matmul(gm.T, du, precision).transpose(1, 0, 2, 3)
     ut = _tiles(jnp.swapaxes(w, 2, 3).reshape(1, r, r, -1), gm, 1, (1, 1))
-    dv = _product(z, ut.reshape(a * a, c_out, c_in), (((2,), (1,)), ((0,), (0,))),
-                  precision, products)
+    dv = lax.dot_general(z, ut.reshape(a * a, c_out, c_in), BATCHED, precision=precision)
     dd = _untile_matmul(bt.T, dv, precision).reshape(a, a, b, th, tw, c_in)  # (col, row, ...)
     dxp = _overlap_add(dd, m)
     return dxp[:, p0:p0 + h, q0:q0 + wd], dw

@@ -158,6 +158,12 @@ def make_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
+def platform(mesh: Mesh) -> str:
+    """The backend the mesh's devices are ("cpu", "gpu", "tpu"): decided once per run, and
+    passed to what depends on it (the model's kernels, train's CPU notes)."""
+    return mesh.devices.flat[0].platform
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 

@@ -24,7 +24,13 @@ from ..observe.plots import plot_curves
 from ..observe.profiling import StepTracer
 from ..observe.progress import Progress
 from ..runtime import memory
-from ..runtime.parallel import check_batch_size, is_primary, make_mesh, put_replicated
+from ..runtime.parallel import (
+    check_batch_size,
+    is_primary,
+    make_mesh,
+    platform,
+    put_replicated,
+)
 from . import checkpoints, layout, run_dir
 from . import lock as workdir_lock
 from .metrics_log import MetricsLog
@@ -49,6 +55,7 @@ def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
     """
     run_dir.check_config(config)
     mesh = make_mesh()
+    backend = platform(mesh)  # which kernels the model takes, and what train says
     try:
         check_batch_size(config.batch_size, mesh.size)
     except ValueError as err:
@@ -60,7 +67,7 @@ def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
     # Checked before anything is written: the run in the work dir (--restart sets it aside),
     # then a batch too large.
     provenance = {} if restart else run_dir.continued_records(config)
-    prepared = prepare(config, mesh, out)
+    prepared = prepare(config, mesh, backend, out)
     with workdir_lock.claim(workdir, primary) as started:
         if restart and (aside := layout.set_aside(workdir)):
             out(f"starting over: the earlier run's records are in {aside}")
@@ -74,7 +81,7 @@ def train_and_evaluate(config: TrainConfig, out=print, restart: bool = False):
                 log.mirror(config.lr)
                 run = Run(config, workdir, prepared.train_pipe, prepared.test_pipe, mngr, log,
                           time.perf_counter() - float(position.tally.totals["wall_seconds"]),
-                          out, mesh, primary, train_step=prepared.train_step,
+                          out, mesh, primary, backend, train_step=prepared.train_step,
                           step_bytes=prepared.step_bytes,
                           compile_seconds=prepared.compile_seconds)
                 started()
@@ -93,7 +100,7 @@ class Prepared(NamedTuple):
     step_bytes: int  # what a train step allocates per device (XLA's memory analysis)
 
 
-def prepare(config: TrainConfig, mesh, out) -> Prepared:
+def prepare(config: TrainConfig, mesh, backend: str, out) -> Prepared:
     """The data, pipelines, fresh state and the train step compiled for every batch shape;
     OutOfMemory when the step cannot fit on this process's devices."""
     splits = [load_split(name, config.source, config.data_dir, config.manual_dir, out).head(limit)
@@ -101,7 +108,7 @@ def prepare(config: TrainConfig, mesh, out) -> Prepared:
     train_pipe, test_pipe = (make_pipeline(config.pipeline, split, config.batch_size, shuffle,
                                            config.seed, mesh)
                              for split, shuffle in zip(splits, (True, False)))
-    model = build_model(config.dtype, config.num_classes, config.dropout)
+    model = build_model(config.dtype, config.num_classes, config.dropout, backend)
     state = put_replicated(create_train_state(model, config.seed, config.lr), mesh)
     epoch_metrics = put_replicated(empty_metrics(state), mesh)
     steps = jit_steps(mesh, config.augment)
@@ -155,15 +162,15 @@ def train_epochs(run: Run, position: Position):
             run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing "
                     "to train")
             return state, closing_report(run.log, tally.totals, run.out)
-        for line in compiled_lines(run.compile_seconds, jax.default_backend(),
-                                   run.config.dtype):
+        for line in compiled_lines(run.compile_seconds, run.backend, run.config.dtype):
             run.out(line)
         train_step = run.train_step
         if run.config.profile_steps:  # (first, last) global steps
             tracer = train_step = StepTracer(train_step, *run.config.profile_steps, start_step,
                                              run.workdir / layout.PROFILE)
-        run = replace(run, train_step=train_step, estimate=CpuEstimate(
-            start_step, run.total_steps, run.config.batch_size), progress=Progress(
+        estimate = CpuEstimate(start_step, run.total_steps, run.config.batch_size) \
+            if run.backend == "cpu" else None
+        run = replace(run, train_step=train_step, estimate=estimate, progress=Progress(
             "train", run.total_steps, start_step, run.out, tty=sys.stderr.isatty() and
             run.primary))
         with run.flag:
@@ -205,8 +212,7 @@ def train_epoch(run: Run, tally: Tally, state, epoch_metrics, epoch: int, first:
         global_step = epoch * run.steps_per_epoch + i + 1
         check_loss(run, tally, epoch_metrics, global_step)
         run.progress.update(1)
-        estimate = run.estimate.add(dt, global_step)
-        if estimate and jax.default_backend() == "cpu":
+        if run.estimate and (estimate := run.estimate.add(dt, global_step)):
             run.out(estimate)
         last = i + 1 == run.steps_per_epoch
         if (i + 1) % log_every == 0 or last:

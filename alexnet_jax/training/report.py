@@ -73,8 +73,7 @@ def bf16_cpu_note(units: tuple[str, ...]) -> str:
     """What --dtype bfloat16 does on a CPU with these bf16 units (runtime/cpu.py)."""
     have = f"bf16 units: {', '.join(units)}" if units else "no bf16 units"
     return (f"bfloat16 on this CPU ({have}): float32 arithmetic on bf16 activations, about "
-            "float32's speed; bfloat16 pays on a GPU or TPU (`alexnet-jax benchmark` has "
-            "the bf16-products row for this CPU)")
+            "float32's speed; bfloat16 pays on a GPU or TPU")
 
 
 D2L_STEPS = D2L.epochs * math.ceil(TRAIN_IMAGES / D2L.batch_size)  # d2l's full run: 4,690

@@ -38,12 +38,13 @@ class Run:
     out: Callable[[str], None]
     mesh: Mesh  # every device of every process; the pipelines shard over it
     primary: bool  # the one process that writes the records and prints
+    backend: str  # the mesh's platform ("cpu", "gpu", "tpu"): the model's kernels follow it
     flag: SignalFlag = field(default_factory=SignalFlag)
     train_step: Callable | None = None  # compiled ahead of time for each batch shape
     step_bytes: int = 0  # what a train step allocates per device (XLA's memory analysis)
     compile_seconds: float = 0.0
     progress: Progress | None = None  # a bar on a terminal, else lines with an ETA
-    estimate: CpuEstimate | None = None  # a CPU run says once how long it takes
+    estimate: CpuEstimate | None = None  # a CPU run says once how long it takes (else None)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..model.build import build_model
-from ..runtime.parallel import is_primary, make_mesh, put_replicated
+from ..runtime.parallel import is_primary, make_mesh, platform, put_replicated
 from . import checkpoints
 from .checkpoints import checkpoint_tree, empty_totals, state_from_tree
 from .run_dir import RunError, TrainConfig, saved_config, write_config
@@ -15,8 +15,9 @@ from .steps import TrainState, create_train_state, empty_metrics
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
     """The train state of a work dir's checkpoint (the latest when step is None)."""
     config = saved_config(workdir)
-    model = build_model(config.dtype, config.num_classes)
-    state = put_replicated(create_train_state(model, config.seed, config.lr), make_mesh())
+    mesh = make_mesh()
+    model = build_model(config.dtype, config.num_classes, backend=platform(mesh))
+    state = put_replicated(create_train_state(model, config.seed, config.lr), mesh)
     with checkpoints.manager(workdir, read_only=True) as mngr:
         if not mngr.all_steps():
             raise RunError(f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}")
