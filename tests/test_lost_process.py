@@ -87,9 +87,9 @@ def test_a_stopped_then_lost_run_ends_each_time_with_one_line_and_resumes(
        step, save that step together and exit 143, each with one line.
     2. The same commands resume from that step; then process 0, the coordinator, dies in a
        step: the survivor stops with one line.
-    3. The newest checkpoint is also corrupted, and the same commands finish the run:
-       process 0 moves it aside, both fall back to the one before, in step, and each
-       metrics step is there once."""
+    3. The newest checkpoint is also truncated, and the same commands finish the run: both
+       read it, agree that it is corrupted (one line each), process 0 moves it aside, both
+       fall back to the one before, in step, and each metrics step is there once."""
     workdir = tmp_path / "run"
     metrics = workdir / "metrics.jsonl"
     procs = both(workdir, fashion_mnist_dir)
@@ -123,10 +123,13 @@ def test_a_stopped_then_lost_run_ends_each_time_with_one_line_and_resumes(
     assert f"resuming from the checkpoint at step {stop} " in "".join(lines)
 
     saved = steps_saved(workdir)
-    corrupt_array_data(workdir / "checkpoints" / str(saved[-1]), "flip")
+    corrupt_array_data(workdir / "checkpoints" / str(saved[-1]), "truncate")
     outputs = [finish(p, 300) for p in both(workdir, fashion_mnist_dir)]
     assert f"resuming from the checkpoint at step {saved[-2]} " in outputs[0], outputs[0]
-    assert all(f"checkpoints/{saved[-1]} is corrupted" in out for out in outputs)
+    for out in outputs:  # both read it, agree, and say so once; process 0 moves it
+        warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and f"checkpoints/{saved[-1]} is corrupted" in warnings[0] \
+            and "cannot be read now" not in out, out
     assert (workdir / "corrupted_checkpoints" / str(saved[-1])).is_dir()
     assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
     assert steps_saved(workdir)[-1] == LOST_RUN_STEPS

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,10 @@ class CorruptCheckpoint(CheckpointError):
     """Proven damaged on disk, not merely unfit for this model or environment."""
 
 
+class UnreadableCheckpoint(CheckpointError):
+    """Its read failed every time, without proof of damage: the disk, permissions, memory."""
+
+
 class DivergedCheckpoint(CheckpointError):
     """Sound on disk but holds NaN or infinite values: saved after its run had diverged
     (earlier versions saved such states; this one never does)."""
@@ -47,6 +54,9 @@ STATE, DIGEST = "default", "digest"
 # tensorstore's status codes (the first word of its errors, all ValueError) for bytes that
 # are missing, short or undecodable; anything else (I/O, permissions, memory) is not damage.
 DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND")
+# A read that fails is read again after each of these waits before anything is judged: a
+# flaky disk or a network file system's hiccup passes, damage repeats (benchmarks/NOTES.md 40).
+RETRY_WAITS_SECONDS = (0.5, 2.0)
 
 
 class Manager(ocp.CheckpointManager):
@@ -139,6 +149,8 @@ def _check_fits(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]) 
     """Raise CheckpointError (not corruption) when the saved tree cannot fill `target`."""
     path = Path(mngr.directory) / str(step)
     metadata = mngr.item_metadata(step)[STATE]
+    if metadata is None:  # orbax's answer when the state's metadata file is gone
+        raise FileNotFoundError(f"the metadata of {path / STATE} (its _METADATA) is missing")
     saved = _layout(getattr(metadata, "tree", metadata))
     wanted = _layout(target)
     if saved == wanted:
@@ -211,18 +223,26 @@ def _first_line(err: BaseException) -> str:
 
 
 def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
+    """The tree of the checkpoint at `step`, read again after a failure (RETRY_WAITS_SECONDS)
+    before it is judged: CorruptCheckpoint on proof, else UnreadableCheckpoint."""
     path = Path(mngr.directory) / str(step)
-    try:
-        tree, recorded = _read(mngr, step, target)
-    except CheckpointError:
-        raise
-    except Exception as err:
-        if proven := damage(path, err):
-            raise CorruptCheckpoint(proven) from err
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read now ({_first_line(err)}); nothing was moved or "
-            "deleted. Fix the cause (the disk, its permissions, free memory) and run the same "
-            "command again: it resumes from this checkpoint") from err
+    for wait in (*RETRY_WAITS_SECONDS, None):
+        try:
+            tree, recorded = _read(mngr, step, target)
+            break
+        except CheckpointError:
+            raise
+        except Exception as err:
+            if wait is not None:
+                time.sleep(wait)
+                continue
+            if proven := damage(path, err):
+                raise CorruptCheckpoint(proven) from err
+            raise UnreadableCheckpoint(
+                f"checkpoint {path} cannot be read now ({_first_line(err)}; "
+                f"{len(RETRY_WAITS_SECONDS) + 1} tries); nothing was moved or deleted. Fix the "
+                "cause (the disk, its permissions, free memory) and run the same command "
+                "again: it resumes from this checkpoint") from err
     if recorded is not None and recorded != tree_digest(tree):
         raise CorruptCheckpoint("its arrays do not match the SHA-256 recorded when it was saved")
     if bad := non_finite(tree):
@@ -231,18 +251,71 @@ def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any])
     return tree
 
 
+def _is_orphaned_read(exc, origin) -> bool:
+    """An error of one of orbax's concurrent array reads after another read failed: their
+    event loop is closed, or their coroutine is dropped. The failed read is reported itself."""
+    return (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed") or \
+        "orbax" in getattr(getattr(origin, "cr_code", None), "co_filename", "")
+
+
+class _OrphanedReads(logging.Filter):
+    def filter(self, record) -> bool:
+        return not (record.getMessage().startswith("Task exception was never retrieved")
+                    and "orbax" in str(getattr(record, "exc_info", "") or record.getMessage()))
+
+
+def _quiet_orphaned_reads() -> None:
+    """Keep the tracebacks of orbax's orphaned reads (`_is_orphaned_read`: Python prints them
+    as unraisable, and asyncio logs the tasks, when they end, which may be later) off the
+    terminal, where a failed read is one line; every other error still prints. Once a
+    process."""
+    hook = sys.unraisablehook
+    if getattr(hook, "drops_orphaned_reads", False):
+        return
+
+    def drop_orphaned(args):
+        if not _is_orphaned_read(args.exc_value, args.object):
+            hook(args)
+
+    drop_orphaned.drops_orphaned_reads = True
+    sys.unraisablehook = drop_orphaned
+    logging.getLogger("asyncio").addFilter(_OrphanedReads())
+
+
+# What a process found of a checkpoint, the mildest first: the processes of a run take the
+# worst any of them found, so that all move it aside, or all stop, or all go on from it.
+VERDICTS = ("sound", "corrupted", "diverged", "unfit", "unreadable")
+
+
+def _verdict(err: CheckpointError | None) -> str:
+    if err is None:
+        return "sound"
+    return {CorruptCheckpoint: "corrupted", DivergedCheckpoint: "diverged",
+            UnreadableCheckpoint: "unreadable"}.get(type(err), "unfit")
+
+
+def _agreed(verdict: str) -> str:
+    """The worst verdict of every process (each has finished reading the checkpoint)."""
+    if jax.process_count() == 1:
+        return verdict
+    codes = multihost_utils.process_allgather(np.int32(VERDICTS.index(verdict)))
+    return VERDICTS[int(np.max(codes))]
+
+
 def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
                    quarantine: bool = False, strict: bool = False, step: int | None = None,
                    out=print):
     """(step, tree) of the newest checkpoint that restores cleanly, or (None, None) if none.
 
     A checkpoint proven corrupt (`damage`: missing, short or undecodable bytes on a disk that
-    reads; a SHA-256 other than the one recorded at save) or diverged (NaN or infinite
-    values) is reported with its path and skipped; with `quarantine` (only `train` asks) it is
-    moved to corrupted_checkpoints/ or diverged_checkpoints/. With `strict`, or a `step` asked
-    for, it stops instead. Any other error (a checkpoint that does not fit this model or
-    environment, a disk or permission error, memory) raises CheckpointError and moves nothing.
+    reads, again after a pause; a SHA-256 other than the one recorded at save) or diverged
+    (NaN or infinite values) is reported with its path and skipped; with `quarantine` (only
+    `train` asks) it is moved to corrupted_checkpoints/ or diverged_checkpoints/. With
+    `strict`, or a `step` asked for, it stops instead. Any other error (a checkpoint that does
+    not fit this model or environment, a disk or permission error, memory) raises
+    CheckpointError and moves nothing. The processes of a run agree on each verdict first.
     """
+    _quiet_orphaned_reads()
     steps = sorted(mngr.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:
@@ -252,16 +325,24 @@ def restore_latest(mngr: ocp.CheckpointManager, target: dict[str, Any], *,
     for s in steps:
         path = Path(mngr.directory) / str(s)
         try:
-            return s, _restore_one(mngr, s, target)
-        except (CorruptCheckpoint, DivergedCheckpoint) as err:
-            diverged = isinstance(err, DivergedCheckpoint)
-            message = f"checkpoint {path} is {'diverged' if diverged else 'corrupted'}: {err}"
-            if strict or step is not None:
-                raise CheckpointError(message) from err
-            if quarantine:
-                aside = DIVERGED if diverged else CORRUPTED
-                message += f"; moved it to {_quarantine(mngr, path, aside)}"
-            out(f"warning: {message}; trying an earlier checkpoint")
+            tree, err = _restore_one(mngr, s, target), None
+        except CheckpointError as found:
+            tree, err = None, found
+        verdict = _agreed(_verdict(err))
+        if verdict == "sound":
+            return s, tree
+        why = err if _verdict(err) == verdict else \
+            f"another process of this run found it {verdict}"
+        if verdict in ("unfit", "unreadable"):
+            raise err if why is err else CheckpointError(
+                f"checkpoint {path}: {why}; nothing was moved or deleted") from None
+        message = f"checkpoint {path} is {verdict}: {why}"
+        if strict or step is not None:
+            raise CheckpointError(message) from err
+        if quarantine:
+            aside = CORRUPTED if verdict == "corrupted" else DIVERGED
+            message += f"; moved it to {_quarantine(mngr, path, aside)}"
+        out(f"warning: {message}; trying an earlier checkpoint")
     return None, None
 
 
@@ -278,8 +359,9 @@ def none_usable(workdir: Path, saved: list[int]) -> str:
 
 
 def _quarantine(mngr: ocp.CheckpointManager, path: Path, folder: str) -> Path:
-    """Move a corrupt or diverged checkpoint out of orbax's way, kept for inspection; every
-    process of a multi-process run reloads only once process 0 has moved it."""
+    """Move a corrupt or diverged checkpoint out of orbax's way, kept for inspection. Every
+    process has read it and agreed (`_agreed`) before process 0 moves it, and reloads only
+    once it has."""
     aside = Path(mngr.directory).parent / folder / path.name
     if jax.process_index() == 0:
         aside.parent.mkdir(parents=True, exist_ok=True)
