@@ -46,7 +46,7 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
     from .training.loop import train_and_evaluate
 
     init_distributed(args.coordinator, args.num_processes, args.process_id,
-                     auto=args.distributed)
+                     auto=args.distributed, heartbeat_timeout=args.heartbeat_timeout)
     train_and_evaluate(TrainConfig.from_dict(vars(args)), restart=args.restart)
     return 0
 
@@ -80,8 +80,8 @@ def stop_with_the_run(err: Exception) -> None:
 
     if not jax.distributed.is_initialized():
         return
-    if lost_processes():
-        exit_lost_process(str(err))
+    if gone := lost_processes():
+        exit_lost_process(str(err), gone)
     exit_failed(str(err))
 
 

@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--distributed", action="store_true",
                    help="read the three settings above from the cluster (SLURM, Open MPI, "
                    "Kubernetes, Cloud TPU, JAX_COORDINATOR_ADDRESS)")
+    m.add_argument("--heartbeat-timeout", type=positive(int), default=D2L.heartbeat_timeout,
+                   metavar="SECONDS", help="a process silent this long is lost and the run "
+                   "stops; a healthy process may stall (swap, a VM's migration, a slow "
+                   "network file system) for less")
 
     e = command(sub, "evaluate", "test loss and accuracy of a checkpoint")
     e.add_argument("--workdir", required=True, help="the run's work dir")

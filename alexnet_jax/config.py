@@ -41,6 +41,10 @@ class TrainConfig:
     augment: bool = False
     strict_checkpoints: bool = False
     profile_steps: tuple[int, int] | None = None
+    # Seconds without a heartbeat before a process of a multi-process run counts as lost and
+    # the run stops: lost hosts noticed in about that time, stalls shorter than it survived
+    # (measured: benchmarks/NOTES.md 40).
+    heartbeat_timeout: int = 30
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

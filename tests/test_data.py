@@ -208,11 +208,23 @@ def test_flipped_byte_is_rejected_with_both_sums(data_copy):
     assert hashlib.sha256(bytes(raw)).hexdigest() in message
 
 
-def test_truncated_file_is_rejected(data_copy):
+@pytest.mark.parametrize("damage", ["truncated", "deflate"])
+def test_a_damaged_gzip_file_is_named_in_one_line_with_what_to_do(damage, data_copy):
+    """Truncated, or 40 bytes of its deflate stream overwritten (zlib's "invalid block type"
+    and the like): one line that names the file, says it is damaged and how to fetch it."""
     path = data_copy / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:100000])
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        raw = raw[:100000]
+    else:
+        raw[5000:5040] = bytes(range(40))
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as err:
         load_idx_split(data_copy, "test")
+    message = str(err.value)
+    assert message.startswith(f"{path} is damaged: its gzip stream cannot be decompressed")
+    assert f"alexnet-jax download {data_copy}` to fetch it again" in message
+    assert "\n" not in message
 
 
 def test_raw_and_regzipped_files_are_accepted(data_copy, test_split):

@@ -23,11 +23,14 @@ NAMES = tuple(GZ_SHA256)
 
 class ReleaseServer(http.server.ThreadingHTTPServer):
     """Serves DATA/NAME at /MODE/NAME: ok, drop (the first answer for each file breaks off
-    halfway), wrong (a byte flipped), missing (404). Records every request's Range header."""
+    halfway), wrong (a byte flipped), missing (404), busy (503 twice per file, then the file),
+    stall (the first answer per file comes after 2 s). Records every request's Range
+    header."""
 
     def __init__(self, data: Path):
         super().__init__(("127.0.0.1", 0), Handler)
         self.data, self.requests, self.dropped = data, [], set()
+        self.busy: dict[str, int] = {}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -37,6 +40,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "missing" or name not in NAMES:
             self.send_error(404)
             return
+        if mode == "busy" and self.server.busy.setdefault(name, 0) < 2:
+            self.server.busy[name] += 1
+            self.send_error(503)
+            return
+        if mode == "stall" and name not in self.server.dropped:
+            self.server.dropped.add(name)
+            time.sleep(2.0)
         body = (self.server.data / name).read_bytes()
         if mode == "wrong":
             body = body[:1000] + bytes([body[1000] ^ 0xFF]) + body[1001:]
@@ -89,11 +99,35 @@ def test_full_download_then_nothing_to_fetch(server, fashion_mnist_dir, tmp_path
 def test_dropped_connection_is_resumed(server, fashion_mnist_dir, tmp_path):
     srv, url = server
     lines = []
-    cache = download(tmp_path / "cache", base_urls=[f"{url}/drop/"], out=lines.append)
+    cache = download(tmp_path / "cache", base_urls=[f"{url}/drop/"], out=lines.append,
+                     retry_waits=(0.01,) * 3)
     assert_cached(cache, fashion_mnist_dir)
     ranges = [r for mode, name, r in srv.requests if r]
     assert len(ranges) == 4 and all(int(r.split("=")[1].rstrip("-")) > 0 for r in ranges)
     assert any("connection dropped" in line and "resuming" in line for line in lines)
+
+
+@pytest.mark.parametrize("mode", ["busy", "stall"])
+def test_a_server_error_or_a_time_out_is_tried_again_after_a_growing_wait(mode, server,
+                                                                           fashion_mnist_dir,
+                                                                           tmp_path):
+    """503 twice then the file, or a first answer slower than the time-out: the same URL
+    again after each wait (growing), never the next URL; every file arrives whole."""
+    srv, url = server
+    lines = []
+    t0 = time.monotonic()
+    cache = download(tmp_path / "cache", base_urls=[f"{url}/{mode}/", f"{url}/missing/"],
+                     out=lines.append, timeout=0.5, retry_waits=(0.05, 0.1, 0.2))
+    assert_cached(cache, fashion_mnist_dir)
+    assert not [r for r in srv.requests if r[0] == "missing"]
+    retries = [line for line in lines if "trying again" in line]
+    if mode == "busy":
+        assert len(retries) == 8 and all("HTTP 503" in line for line in retries), lines
+        assert sum(" in 0.05 s" in line for line in retries) == 4
+        assert sum(" in 0.1 s" in line for line in retries) == 4
+        assert time.monotonic() - t0 >= 4 * 0.15
+    else:
+        assert len(retries) == 4 and all("timed out" in line for line in retries), lines
 
 
 def test_wrong_bytes_are_refused_and_not_kept(server, tmp_path):

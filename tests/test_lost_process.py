@@ -15,6 +15,7 @@ import pytest
 from conftest import corrupt_array_data, finish, free_port, steps_saved
 
 LOST_RUN_STEPS = 8
+HEARTBEAT = 5  # seconds: --heartbeat-timeout, so that a lost process is noticed within 10 s
 
 
 def lost_process_run(workdir, data, port: int, process_id: int,
@@ -24,7 +25,8 @@ def lost_process_run(workdir, data, port: int, process_id: int,
            "--coordinator", f"localhost:{port}", "--num-processes", "2",
            "--process-id", str(process_id), "--manual-dir", str(data), "--source", "idx",
            "--limit-train", str(4 * steps), "--limit-test", "8", "--batch-size", "4",
-           "--epochs", "1", "--checkpoint-every-steps", "2"]
+           "--epochs", "1", "--checkpoint-every-steps", "2",
+           "--heartbeat-timeout", str(HEARTBEAT)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -42,9 +44,9 @@ def kill_all(procs) -> None:
             p.wait()
 
 
-def survivor_stops(survivor, victim, report, moment: str) -> None:
+def survivor_stops(survivor, victim, victim_id: int, report, moment: str) -> None:
     """SIGKILL `victim`: `survivor` must stop within 10 s, exit 1, with the one line that says
-    a process is gone and how to resume (native logs go to a file)."""
+    which process is gone and how to resume (native logs go to a file)."""
     victim.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     err = survivor.stderr.read()
@@ -54,6 +56,7 @@ def survivor_stops(survivor, victim, report, moment: str) -> None:
     assert survivor.returncode == 1, err
     assert err.count("\n") == 1 and err.startswith("alexnet-jax: error: another process of "
                                                    "this "), err
+    assert f" is gone (process {victim_id}" in err, err  # the lost one named
     assert "Run the same command again on" in err and "Native logs: " in err, err
     assert took <= 10, took
 
@@ -74,7 +77,7 @@ def test_a_process_lost_in_the_final_save_ends_the_survivor_with_one_line(
 
     try:
         assert wait_until(final_save, 300, poll=0.001), procs[0].stderr.read()
-        survivor_stops(procs[0], procs[1], report, "final save")
+        survivor_stops(procs[0], procs[1], 1, report, "final save")
     finally:
         kill_all(procs)
 
@@ -117,7 +120,7 @@ def test_a_stopped_then_lost_run_ends_each_time_with_one_line_and_resumes(
     threading.Thread(target=read_stdout, daemon=True).start()
     try:
         assert seen.wait(300), "".join(lines)
-        survivor_stops(procs[1], procs[0], report, "step")
+        survivor_stops(procs[1], procs[0], 0, report, "step")
     finally:
         kill_all(procs)
     assert f"resuming from the checkpoint at step {stop} " in "".join(lines)

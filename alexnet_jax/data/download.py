@@ -3,13 +3,16 @@
 From the release's own host, with GitHub's copy of the repository as the fallback. Each file is
 fetched into NAME.part (resumed with an HTTP Range request after a dropped connection),
 checked against the SHA-256 of its decompressed bytes, and only then renamed into place: the
-cache never holds a wrong or partial file under a real name.
+cache never holds a wrong or partial file under a real name. What may pass (a server's 5xx or
+429, a time-out, a dropped connection) is tried again on the same URL after a growing wait;
+what will not (a 404, no such host, a refused connection, wrong bytes) goes to the next URL.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,14 +24,22 @@ BASE_URLS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
 )
-ATTEMPTS_PER_URL = 3  # a dropped connection is resumed this many times before the next URL
+# The waits before each new try on the same URL after an error that may pass: 4 tries, 7 s.
+RETRY_WAITS_SECONDS = (1.0, 2.0, 4.0)
+RETRIED_HTTP = {408, 425, 429, 500, 502, 503, 504}  # time-outs, rate limits, server errors
 
 
 class Unavailable(Exception):
-    """This URL cannot give the file now (no answer, HTTP error, wrong bytes): try the next."""
+    """This URL cannot give the file (no such host, refused, HTTP 4xx, wrong bytes): try the
+    next URL."""
 
 
-class Dropped(Unavailable):
+class Passing(Unavailable):
+    """An error that may pass (HTTP 5xx or 429, a time-out): the same URL again, after a
+    wait."""
+
+
+class Dropped(Passing):
     """The connection broke off mid-file: resumed from where it stopped, on the same URL."""
 
 
@@ -55,7 +66,7 @@ def cannot_write(path: Path, err: OSError) -> DataError:
 
 
 def download(folder: str | os.PathLike | None = None, base_urls=None, timeout: float = 10.0,
-             out=print) -> Path:
+             out=print, retry_waits: tuple[float, ...] = RETRY_WAITS_SECONDS) -> Path:
     """Fetch whichever release files `folder` (default_dir()) lacks; returns the folder."""
     folder = Path(folder or default_dir())
     try:
@@ -68,7 +79,7 @@ def download(folder: str | os.PathLike | None = None, base_urls=None, timeout: f
         tried = []
         for url in (base + gz for base in base_urls or BASE_URLS):
             try:
-                _fetch_resuming(url, folder / gz, out, timeout)
+                _fetch_resuming(url, folder / gz, out, timeout, retry_waits)
                 break
             except Unavailable as err:
                 tried.append(f"{url}: {err}")
@@ -93,18 +104,21 @@ def _keep_complete_part(target: Path, out) -> bool:
     return True
 
 
-def _fetch_resuming(url: str, target: Path, out, timeout: float) -> None:
+def _fetch_resuming(url: str, target: Path, out, timeout: float,
+                    retry_waits: tuple[float, ...]) -> None:
     part = target.with_name(target.name + ".part")
-    for attempt in range(1, ATTEMPTS_PER_URL + 1):
+    for wait in (*retry_waits, None):
         try:
             _fetch(url, part, out, timeout)
             break
-        except (Dropped, PartTooLong) as err:
-            if attempt == ATTEMPTS_PER_URL:
+        except (Passing, PartTooLong) as err:
+            if wait is None:
                 raise
             if isinstance(err, PartTooLong):
                 part.unlink(missing_ok=True)
-            out(f"{target.name}: {err}; {'resuming' if isinstance(err, Dropped) else 'again'}")
+            then = "resuming" if isinstance(err, Dropped) else "trying again"
+            out(f"{target.name}: {err}; {then} in {wait:g} s")
+            time.sleep(wait)
     try:
         read_idx(part, target.name.removesuffix(".gz"))  # SHA-256 of the decompressed bytes
     except DataError as err:
@@ -122,9 +136,12 @@ def _fetch(url: str, part: Path, out, timeout: float) -> None:
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # Range Not Satisfiable: nothing past `have` bytes
             raise PartTooLong(f"{part.name} holds {have} bytes that are not the file") from None
-        raise Unavailable(f"HTTP {err.code} {err.reason}") from None
+        kind = Passing if err.code in RETRIED_HTTP else Unavailable
+        raise kind(f"HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
-        raise Unavailable(f"no answer: {getattr(err, 'reason', err)}") from None
+        reason = getattr(err, "reason", err)
+        kind = Passing if isinstance(reason, TimeoutError) else Unavailable  # socket.timeout too
+        raise kind(f"no answer: {reason}") from None
     with response:
         if response.status != 206:
             have = 0  # the whole file follows

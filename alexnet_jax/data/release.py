@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,23 +66,31 @@ def find_idx_file(folder: Path, name: str) -> Path:
     raise DataError(f"{name}(.gz) not found in {folder}. " + where_to_put_files(folder))
 
 
+def fetch_again(path: Path, name: str) -> str:
+    """What to do about a damaged or wrong release file: one line, its sum on it."""
+    return (f"delete it and run `alexnet-jax download {path.parent}` to fetch it again, or put "
+            f"the release file {name}.gz there ({RELEASE_URL}; SHA-256 "
+            f"{GZ_SHA256[name + '.gz']})")
+
+
 def read_idx(path: Path, name: str) -> np.ndarray:
     """Read one IDX file (gzip with any header, or raw) after checking its SHA-256."""
     try:
         raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}; check the disk and the "
+                        "file's permissions, or " + fetch_again(path, name)) from err
+    try:
         data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(
-            f"cannot read {path}: {err}. It is truncated or corrupted; "
-            + where_to_put_files(path.parent)
-        ) from err
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise DataError(f"{path} is damaged: its gzip stream cannot be decompressed "
+                        f"({type(err).__name__}: {err}); " + fetch_again(path, name)) from err
     got = hashlib.sha256(data).hexdigest()
     want = IDX_SHA256[name]
     if got != want:
         raise DataError(
             f"{path} is not the Fashion-MNIST file {name}: SHA-256 of its decompressed bytes is "
-            f"{got}, expected {want}. Replace it with the release file ({RELEASE_URL})."
-        )
+            f"{got}, expected {want}; " + fetch_again(path, name))
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)

@@ -18,21 +18,29 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ..config import D2L
 from .supervise import distributed_flags, native_log
 
 DATA_AXIS = "data"
 
 
-# A process that sends no heartbeat for this long is dead to the coordination service, which
-# then ends every other process (JAX's default, 100 s, kept survivors waiting in a barrier).
-HEARTBEAT_TIMEOUT_SECONDS = 5
+# The heartbeat timeout (--heartbeat-timeout) is set per run; lost_processes waits that long
+# plus this for the coordination service's answer.
+_heartbeat = {"seconds": 0}
+ANSWER_MARGIN_SECONDS = 2.0
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None,
-                     process_id: int | None, auto: bool = False) -> None:
-    """Join a multi-process run (before anything else touches JAX's devices)."""
+                     process_id: int | None, auto: bool = False,
+                     heartbeat_timeout: int = D2L.heartbeat_timeout) -> None:
+    """Join a multi-process run (before anything else touches JAX's devices). A process that
+    sends no heartbeat for `heartbeat_timeout` seconds is dead to the coordination service,
+    which then ends every other process: the trade-off between how soon a lost host is
+    noticed and how long a stall (swapping, a VM's migration, a stalled network file system)
+    a healthy run survives (benchmarks/NOTES.md 40)."""
     if not distributed_flags(coordinator, num_processes, process_id, auto):
         return
+    _heartbeat["seconds"] = heartbeat_timeout
     # The run checkpoints on SIGTERM itself (training/stops.py): no preemption service, whose
     # threads only add warnings when a peer dies.
     jax.config.update("jax_enable_preemption_service", False)
@@ -41,7 +49,7 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
     threading.excepthook = _stop_on_lost_process(threading.excepthook)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id,
-                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
+                               heartbeat_timeout_seconds=heartbeat_timeout)
     threading.Thread(target=_watch_peer_failures, name="alexnet-jax peer failures",
                      daemon=True).start()
 
@@ -57,10 +65,11 @@ def _client():
     return distributed.global_state.client
 
 
-def lost_processes(wait: float = HEARTBEAT_TIMEOUT_SECONDS + 2.0) -> list[int]:
+def lost_processes(wait: float | None = None) -> list[int]:
     """The processes of this run that the coordination service no longer counts alive, or []
-    when it cannot tell within `wait` seconds; [0] when the service itself no longer answers
-    (it runs in process 0). Empty outside a multi-process run.
+    when it cannot tell within `wait` seconds (by default the heartbeat timeout and a
+    margin); [0] when the service itself no longer answers (it runs in process 0). Empty
+    outside a multi-process run.
 
     The service answers once every live process has asked (`get_live_nodes` is collective),
     and it counts a process dead after the heartbeat timeout: survivors of a lost process
@@ -80,7 +89,7 @@ def lost_processes(wait: float = HEARTBEAT_TIMEOUT_SECONDS + 2.0) -> list[int]:
 
     asking = threading.Thread(target=ask, name="alexnet-jax live processes", daemon=True)
     asking.start()
-    asking.join(wait)
+    asking.join(_heartbeat["seconds"] + ANSWER_MARGIN_SECONDS if wait is None else wait)
     return answer[0] if answer else []
 
 
@@ -114,8 +123,8 @@ def _stop_on_lost_process(default_hook):
     the process with the one line, before that thread prints a traceback."""
 
     def hook(args):
-        if lost_processes():
-            exit_lost_process(str(args.exc_value))
+        if gone := lost_processes():
+            exit_lost_process(str(args.exc_value), gone)
         default_hook(args)
 
     return hook
@@ -124,11 +133,11 @@ def _stop_on_lost_process(default_hook):
 _EXITING = threading.Lock()
 
 
-def exit_lost_process(detail: str) -> None:
-    """Print the one line of a lost process and exit 1 at once (no Python or native
-    shutdown, which would wait for the dead peer)."""
+def exit_lost_process(detail: str, gone: list[int]) -> None:
+    """Print the one line of a lost process (`gone`: lost_processes' answer, which names
+    them) and exit 1 at once (no Python or native shutdown, which would wait for the dead
+    peer)."""
     n, me = jax.process_count(), jax.process_index()
-    gone = lost_processes(wait=0) or ["?"]
     _exit_with(f"another process of this {n}-process run is gone (process "
                f"{', '.join(map(str, gone))}; process {me} saw: "
                f"{detail.strip().splitlines()[0][:160] if detail.strip() else 'no answer'}). "

@@ -106,13 +106,24 @@ def train_in_child(argv: list[str], process: str) -> int:
     return code if code >= 0 else 128 - code
 
 
+def lost_process(status: str) -> str:
+    """Which process jax.distributed's fatal status names: a task's index, or the
+    coordination service's own process (0) when the service itself is unreachable."""
+    if task := re.search(r"/task:(\d+)", status):
+        return f"process {task[1]}"
+    if "coordination service" in status or "leader" in status:
+        return "process 0, the coordinator"
+    return "a process the service did not name"
+
+
 def aborted_line(log: Path, process: str) -> str:
     """What to say of a child that aborted, from its native log."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     found = SERVICE_FATAL.search(text)
     if found:
-        return (f"another process of this run is gone ({process} was told by jax.distributed: "
-                f"{found['status'][:160]}). Run the same command again on every process: the "
-                f"run resumes from its last checkpoint. Native logs: {log}")
+        lost = lost_process(found["status"])
+        return (f"another process of this run is gone ({lost}; {process} was told by "
+                f"jax.distributed: {found['status'][:160]}). Run the same command again on "
+                f"every process: the run resumes from its last checkpoint. Native logs: {log}")
     return (f"the training process ({process}) aborted; its native logs are in {log}. Run the "
             "same command again to resume from the last checkpoint.")
