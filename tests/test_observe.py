@@ -76,18 +76,10 @@ def test_plot_several_runs(tmp_path, capsys):
 
 
 def test_event_files_are_tensorboards_own_records(tmp_path):
-    """The events written without TensorFlow: checksums equal to TensorBoard's own, and its
-    own reader (EventFileLoader, in a child, where TensorFlow may load) reads every point."""
-    import random
-
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
+    """The events written without TensorFlow: TensorBoard's own loader (EventFileLoader, in a
+    child, where TensorFlow may load) reads every point, lr included."""
     from alexnet_jax.observe import events
 
-    rng = random.Random(0)
-    for size in (0, 1, 8, 12, 100, 1000):
-        data = bytes(rng.randrange(256) for _ in range(size))
-        assert events.masked_crc32c(data) == masked_crc32c(data), size
     points = [{"step": s, "train_loss": 2.3 - s / 10, "train_acc": s / 10,
                "test_acc": None if s % 2 else s / 20} for s in range(1, 5)]
     log = events.EventLog(tmp_path / "tb", points[:2], lr=0.01)

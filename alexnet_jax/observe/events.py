@@ -3,18 +3,17 @@
 The events are a view of metrics.jsonl, never a second record: at the start of a run (fresh or
 resumed) the folder is rewritten from the points metrics.jsonl keeps, then each new point is
 appended as it is logged. So a resumed run continues the same curves with no point twice and
-none missing. The files are TensorBoard's records (TFRecord framing around its `Event`
-protos, from the `tensorboard` package): written here directly, because TensorBoard's own
-writer imports TensorFlow where it is installed unless a module is planted in sys.modules,
-and its TensorFlow stub alone takes 0.4 s to import; the protos take 0.04 s
-(benchmarks/NOTES.md 36). `tensorboard --logdir runs` overlays every run's curves.
+none missing. The records are written by TensorBoard's own `RecordWriter` (its TFRecord
+framing and checksums, from the `tensorboard` package, which needs no TensorFlow) around its
+`Event` protos. Not its `EventFileWriter`, nor tensorboardX: the first imports TensorFlow where
+it is installed, the second PyTorch (3.1 s, measured: benchmarks/NOTES.md 40).
+`tensorboard --logdir runs` overlays every run's curves.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 from pathlib import Path
 
@@ -24,40 +23,12 @@ TAGS = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test
 
 
 
-def _crc32c_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's checksum: CRC-32C (Castagnoli), rotated and offset ("masked")."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _record(data: bytes) -> bytes:
-    """One TFRecord: length, its checksum, the data, its checksum (little-endian)."""
-    header = struct.pack("<Q", len(data))
-    return (header + struct.pack("<I", masked_crc32c(header)) + data
-            + struct.pack("<I", masked_crc32c(data)))
-
-
 class EventLog:
     """TensorBoard scalars, one event per metrics point, stepped by the global train step."""
 
     def __init__(self, folder: Path, points: list[dict], lr: float):
         from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,8 +38,9 @@ class EventLog:
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}." \
                f"{os.getpid()}.0"
         self.file = (folder / name).open("ab")
-        self.file.write(_record(Event(wall_time=time.time(),
-                                      file_version="brain.Event:2").SerializeToString()))
+        self.records = RecordWriter(self.file)
+        self.records.write(Event(wall_time=time.time(),
+                                 file_version="brain.Event:2").SerializeToString())
         for point in points:
             self.add(point, flush=False)
         self.file.flush()
@@ -81,7 +53,7 @@ class EventLog:
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(values[key]))
                                  for key, tag in TAGS.items() if values.get(key) is not None])
         event = Event(wall_time=time.time(), step=int(point["step"]), summary=summary)
-        self.file.write(_record(event.SerializeToString()))
+        self.records.write(event.SerializeToString())
         if flush:
             self.file.flush()
 
@@ -90,21 +62,19 @@ class EventLog:
 
 
 def read_events(path: Path):
-    """The `Event`s of one event file, each record's checksums checked."""
+    """The `Event`s of one event file, each record's checksums checked (TensorBoard's own
+    reader without TensorFlow)."""
     from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
-    data = Path(path).read_bytes()
-    at = 0
-    while at < len(data):
-        header = data[at:at + 8]
-        (length,) = struct.unpack("<Q", header)
-        body = data[at + 12:at + 12 + length]
-        checks = struct.unpack("<II", data[at + 8:at + 12] + data[at + 12 + length:
-                                                                    at + 16 + length])
-        if checks != (masked_crc32c(header), masked_crc32c(body)):
-            raise ValueError(f"{path}: a damaged record at byte {at}")
-        yield Event.FromString(body)
-        at += 16 + length
+    reader = PyRecordReader_New(str(path))
+    while True:
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            return
+        yield Event.FromString(reader.record())
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
