@@ -25,7 +25,7 @@ CHECK_RUN ?= runs/check-python
 NO_TORCH := --ignore=tests/test_equivalence.py --ignore=tests/test_loop_equivalence.py
 DATA_ARG := $(if $(FASHION_MNIST_DIR),--manual-dir $(FASHION_MNIST_DIR))
 
-.PHONY: train test test-fast check-python
+.PHONY: train test test-fast test-equivalence check-python
 
 train: $(VENV)/.installed-train
 	$(BIN)/alexnet-jax train $(ARGS)
@@ -46,6 +46,10 @@ test: $(VENV)/.installed-test $(TPU_AOT)
 $(TPU_AOT_DIR)/.installed: pyproject.toml | $(VENV)/.installed-test
 	$(PIP_INSTALL) --no-deps --upgrade --target $(TPU_AOT_DIR) "$(LIBTPU_PIN)"
 	touch $@
+
+# JAX against d2l's PyTorch code alone, on whatever device JAX has (a GPU where one is found).
+test-equivalence: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m equivalence $(PYTEST)
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST)

@@ -27,12 +27,14 @@ else:
     _CACHE = None
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# On a GPU, compare at full float32 precision on both sides (no TF32, no bf16 passes): set in
+# the environment, so that the processes the tests start (training runs, workers) compute at
+# the same precision as this one (tests/test_library.py checks that they do).
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-# On a GPU, compare at full float32 precision on both sides (no TF32, no bf16 passes).
-jax.config.update("jax_default_matmul_precision", "highest")
 
 MEASURED: list[str] = []
 SECONDS_PER_FILE: dict[str, float] = {}  # setup, call and teardown of every test in a file

@@ -22,6 +22,8 @@ from alexnet_jax.d2l.torch_weights import TORCH_INDEX, params_from_torch, params
 from alexnet_jax.model.build import build_model
 from alexnet_jax.training.steps import cross_entropy
 
+pytestmark = pytest.mark.equivalence  # `pytest -m equivalence` runs these alone
+
 BATCH = 2  # AlexNet-224 costs ~2 GFLOP per image forward; small batches keep CI quick
 MODEL = build_model()  # the model `train` runs: AlexNet with the CPU-fast conv and pool
 
@@ -63,11 +65,11 @@ def jax_loss_and_grads(params, x, labels, model=MODEL):
     return float(loss), params_to_torch(jax.device_get(grads), as_tensors=False)
 
 
-def compare_grads(net, x, labels, dtype, jdtype, name, bound, report):
+def compare_grads(net, x, labels, dtype, jdtype, name, bound, report, model=MODEL):
     t_loss, t_grads = torch_loss_and_grads(net, x, labels, dtype)
     with jax.enable_x64(jdtype == jnp.float64):
         j_loss, j_grads = jax_loss_and_grads(jax_params(net, jdtype), jnp.asarray(x, jdtype),
-                                             jnp.asarray(labels))
+                                             jnp.asarray(labels), model)
     loss_err = abs(j_loss - t_loss) / abs(t_loss)
     report(f"{name}: loss", loss_err, bound)
     assert loss_err <= bound
@@ -115,11 +117,15 @@ def test_grads_float32_random(report):
 
 
 @pytest.mark.slow
-def test_grads_float64_real(test_split, report):
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_grads_float64_real(backend, test_split, report):
+    """The model each backend takes (build_model's one decision: the CPU's kernels, or flax's
+    layers as GPUs and TPUs run them), both built here and run on JAX's default device."""
     x = d2l_images(test_split, 0, BATCH).astype(np.float64)
     labels = test_split.labels[:BATCH]
     errors = compare_grads(d2l_net(seed=4, dtype=torch.float64), x, labels, torch.float64,
-                           jnp.float64, "grads float64, real images", 1e-10, report)
+                           jnp.float64, f"grads float64, real images ({backend}'s model)",
+                           1e-10, report, build_model(backend=backend))
     assert max(errors.values()) <= 1e-10, errors
 
 

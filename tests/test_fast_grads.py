@@ -17,6 +17,14 @@ from alexnet_jax.kernels.pool import max_pool
 
 pytestmark = pytest.mark.slow  # float64 gradients of every AlexNet layer
 
+
+@pytest.fixture(autouse=True)
+def on_the_cpu():
+    """Pinned to the CPU: these check the CPU's kernels (kernels/), which only the CPU's model
+    runs, against XLA's own ops there; on a GPU host they still run on its CPU."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
 # (input HxW, C_in, C_out, kernel, stride, pad): AlexNet's convs (conv1: strided, one channel)
 LAYERS = {"conv1": (224, 1, 96, 11, 4, 1), "conv2": (26, 96, 256, 5, 1, 2),
           "conv3": (12, 256, 384, 3, 1, 1), "conv4": (12, 384, 384, 3, 1, 1),

@@ -52,3 +52,16 @@ from alexnet_jax import model_input
 logits = model.apply({"params": state.params}, model_input(test.images), train=False)
 print(float(np.mean(np.argmax(logits, -1) == test.labels)))
 """
+
+
+def test_the_tests_matmul_precision_reaches_the_processes_they_start():
+    """conftest.py sets JAX's matmul precision for the suite in the environment, so a
+    training process a test starts computes as the test does (on a GPU: no TF32 on one side
+    of a bit-for-bit comparison only)."""
+    import jax
+
+    code = "import jax; print(jax.config.jax_default_matmul_precision)"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == jax.config.jax_default_matmul_precision == "highest"

@@ -18,6 +18,8 @@ from alexnet_jax.d2l.compare import curve_values
 from alexnet_jax.d2l.torch_weights import params_to_torch
 from alexnet_jax.training.saved_state import load_state
 
+pytestmark = pytest.mark.equivalence  # `pytest -m equivalence` runs these alone
+
 BOUND = 1e-10
 
 

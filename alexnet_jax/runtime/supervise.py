@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 NATIVE_LOG = "ALEXNET_JAX_NATIVE_LOG"  # set in the child: where its native stderr goes
-# What the distributed client's fatal line says before the abort, in jaxlib 0.4-0.10.
+# What the distributed client's fatal line says before the abort, in jaxlib 0.4-0.11.
 SERVICE_FATAL = re.compile(r"(?:Terminating process because|detected fatal errors).*?"
                            r"(?:absl::Status: |Status: )?(?P<status>[A-Z_]+: [^\n]*)")
 

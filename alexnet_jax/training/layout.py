@@ -23,7 +23,7 @@ RECORDS = (CONFIG, METRICS, CURVES, EVENTS, PROFILE, CHECKPOINTS, LEGACY_DIGESTS
            DIVERGED)
 
 LOCK = "train.lock"  # lock: the train that runs here (stays where it is)
-REPLACED = "replaced"  # run_dir.set_aside: each earlier run's RECORDS, in a folder by time
+REPLACED = "replaced"  # set_aside (below): each earlier run's RECORDS, in a folder by time
 
 
 def set_aside(workdir: Path) -> Path | None:
