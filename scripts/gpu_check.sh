@@ -14,7 +14,8 @@
 # the PyTorch rows); no TensorFlow.
 # Writes into OUTDIR: env.txt; per dtype d2l-DTYPE.log, d2l-DTYPE-metrics.jsonl,
 # d2l-DTYPE-curves.png, d2l-DTYPE-config.json; bench.md, bench.json; cpu-bf16.md,
-# cpu-bf16.json (augment-*.{log,jsonl,png} with AUGMENT_LIMIT, below), and a last line
+# cpu-bf16.json (augment-*.{log,jsonl,png} with AUGMENT_LIMIT, pytest-* with TESTS_LIMIT,
+# below), and a last line
 # "gpu_check: passed" (exit 0) or what failed (exit 1).
 # The settings are environment variables so the same script can be tried on a CPU first:
 #   DATA=... EPOCHS=1 TRAIN_ARGS="--limit-train 64 --limit-test 32" BATCHES=16 STEPS=1 \
@@ -116,6 +117,25 @@ if [ "${AUGMENT_LIMIT:-0}" -gt 0 ]; then
   cp "$run_dir"/augment/curves.png "$out/augment-curves.png" 2>/dev/null
 else
   echo "== d2l's run with --augment: skipped (AUGMENT_LIMIT=0)"
+fi
+
+# The test suite's selection with JAX's default backend the GPU (TESTS_LIMIT seconds; 0, the
+# default, skips it: give it its own call, e.g. DTYPES= BENCH_LIMIT=1 CPU_LIMIT=1
+# TESTS_LIMIT=540). TESTS_MARK picks the tests (default: the equivalence checks and every test
+# that does not train on the CPU). Writes pytest.log, pytest.xml and pytest-summary.md (passed,
+# failed, skipped with reasons, the slowest tests, the device).
+if [ "${TESTS_LIMIT:-0}" -gt 0 ]; then
+  echo "== pytest -m \"${TESTS_MARK:-equivalence or not slow}\" on $(python -c 'import jax; print(jax.devices()[0].device_kind)')"
+  FASHION_MNIST_DIR="$(cd "$data" && pwd)" timeout "$TESTS_LIMIT" python -m pytest -p no:cacheprovider \
+    -q -rsfE --durations=15 -m "${TESTS_MARK:-equivalence or not slow}" \
+    --junitxml="$out/pytest.xml" 2>&1 | tee "$out/pytest.log"
+  tests_rc=${PIPESTATUS[0]}
+  python scripts/pytest_summary.py "$out/pytest.xml" > "$out/pytest-summary.md" \
+    || failed+=("pytest summary")
+  cat "$out/pytest-summary.md"
+  [ "$tests_rc" -eq 0 ] || failed+=("pytest (exit $tests_rc)")
+else
+  echo "== the test suite: skipped (TESTS_LIMIT=0)"
 fi
 
 if [ ${#failed[@]} -eq 0 ]; then

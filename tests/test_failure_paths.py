@@ -118,10 +118,12 @@ def test_each_file_of_a_checkpoint_deleted_restores_it_whole_or_sets_it_aside(
     assert len(files) >= 10, files
     outcomes = {}
     for rel in [*files, "truncate", "flip"]:
-        workdir = copy_run(reference_dir, tmp_path / str(len(outcomes)))
-        if rel in ("truncate", "flip"):
+        workdir = tmp_path / str(len(outcomes))
+        if rel in ("truncate", "flip"):  # rewrites a file: a copy of its own
+            copy_run(reference_dir, workdir)
             corrupt_array_data(workdir / "checkpoints" / str(newest), rel)
-        else:
+        else:  # a deletion leaves the reference's files alone: hard links, not copies
+            shutil.copytree(reference_dir[0], workdir, copy_function=os.link)
             (workdir / "checkpoints" / str(newest) / rel).unlink()
         lines = []
         with checkpoints.manager(workdir) as mngr:
