@@ -120,7 +120,7 @@ else
 fi
 
 # The test suite's selection with JAX's default backend the GPU (TESTS_LIMIT seconds; 0, the
-# default, skips it: give it its own call, e.g. DTYPES= BENCH_LIMIT=1 CPU_LIMIT=1
+# default, skips it: give it its own call, e.g. DTYPES=' ' BENCH_LIMIT=1 CPU_LIMIT=1
 # TESTS_LIMIT=540). TESTS_MARK picks the tests (default: the equivalence checks and every test
 # that does not train on the CPU). Writes pytest.log, pytest.xml and pytest-summary.md (passed,
 # failed, skipped with reasons, the slowest tests, the device).
