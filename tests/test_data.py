@@ -223,7 +223,7 @@ def test_a_damaged_gzip_file_is_named_in_one_line_with_what_to_do(damage, data_c
         load_idx_split(data_copy, "test")
     message = str(err.value)
     assert message.startswith(f"{path} is damaged: its gzip stream cannot be decompressed")
-    assert f"alexnet-jax download {data_copy}` to fetch it again" in message
+    assert f"alexnet-jax download --dir {data_copy}` to fetch it again" in message
     assert "\n" not in message
 
 

@@ -160,3 +160,18 @@ def test_a_process_that_fails_stops_the_others_with_its_reason(fashion_mnist_dir
     assert errs[0].startswith("alexnet-jax: error: process 1 of this 2-process run stopped: "
                               f"{missing}"), errs[0]
     assert errs[0].count("\n") == 1 and "gone" not in errs[0] + errs[1], errs
+
+
+def test_the_lost_process_is_read_from_jax_distributeds_fatal_status():
+    """What a supervised child's native log says before its abort (jaxlib 0.10, seen in this
+    suite's runs and a stalled process's): the process it names, never "?"."""
+    from alexnet_jax.runtime.supervise import lost_process
+
+    unhealthy = ("UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):"
+                 "\n1\nThe tasks have crashed. Check the task logs for an earlier error")
+    assert lost_process(unhealthy) == "process 1"
+    assert lost_process(unhealthy.replace("\n1\n", "\n1\n3\n")) == "process 1, 3"
+    assert lost_process("UNAVAILABLE: Failed to send RPC to coordination service. Either the "
+                        "leader task was preempted/died/restarted unexpectedly") == \
+        "process 0, the coordinator"
+    assert lost_process("INTERNAL: task /job:jax_worker/replica:0/task:2 failed") == "process 2"

@@ -61,7 +61,7 @@ def cannot_write(path: Path, err: OSError) -> DataError:
     such, never retried as if the network were at fault."""
     return DataError(f"cannot write {path}: {err.strerror or err}. Free space or fix the "
                      "folder's permissions, or download into another folder (`alexnet-jax "
-                     "download DIR`, FASHION_MNIST_DIR); what was fetched so far is kept and "
+                     "download --dir DIR`, FASHION_MNIST_DIR); what was fetched so far is kept and "
                      "resumed")
 
 

@@ -68,8 +68,8 @@ def find_idx_file(folder: Path, name: str) -> Path:
 
 def fetch_again(path: Path, name: str) -> str:
     """What to do about a damaged or wrong release file: one line, its sum on it."""
-    return (f"delete it and run `alexnet-jax download {path.parent}` to fetch it again, or put "
-            f"the release file {name}.gz there ({RELEASE_URL}; SHA-256 "
+    return (f"delete it and run `alexnet-jax download --dir {path.parent}` to fetch it again, "
+            f"or put the release file {name}.gz there ({RELEASE_URL}; SHA-256 "
             f"{GZ_SHA256[name + '.gz']})")
 
 

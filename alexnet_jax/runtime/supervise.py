@@ -107,8 +107,11 @@ def train_in_child(argv: list[str], process: str) -> int:
 
 
 def lost_process(status: str) -> str:
-    """Which process jax.distributed's fatal status names: a task's index, or the
+    """Which process jax.distributed's fatal status (and the lines after it) names: the
+    tasks that stopped sending heartbeats (listed on the next lines), a task's index, or the
     coordination service's own process (0) when the service itself is unreachable."""
+    if unhealthy := re.search(r"stopped sending heartbeats\):\s*((?:\d+[,\s]*)+)", status):
+        return "process " + ", ".join(re.findall(r"\d+", unhealthy[1]))
     if task := re.search(r"/task:(\d+)", status):
         return f"process {task[1]}"
     if "coordination service" in status or "leader" in status:
@@ -121,7 +124,7 @@ def aborted_line(log: Path, process: str) -> str:
     text = log.read_text(errors="replace") if log.is_file() else ""
     found = SERVICE_FATAL.search(text)
     if found:
-        lost = lost_process(found["status"])
+        lost = lost_process(text[found.start("status"):found.start("status") + 2000])
         return (f"another process of this run is gone ({lost}; {process} was told by "
                 f"jax.distributed: {found['status'][:160]}). Run the same command again on "
                 f"every process: the run resumes from its last checkpoint. Native logs: {log}")
