@@ -42,9 +42,10 @@ class TrainConfig:
     strict_checkpoints: bool = False
     profile_steps: tuple[int, int] | None = None
     # Seconds without a heartbeat before a process of a multi-process run counts as lost and
-    # the run stops: lost hosts noticed in about that time, stalls shorter than it survived
-    # (measured: benchmarks/NOTES.md 40).
-    heartbeat_timeout: int = 30
+    # the run stops: a lost host is noticed within it (38 s measured at 60), a healthy process
+    # that stalls for up to half of it goes on (heartbeats go out about every half; 25 s
+    # survived at 60, 20 s did not at 30). JAX's default is 100 (benchmarks/NOTES.md 40).
+    heartbeat_timeout: int = 60
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -36,8 +36,8 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
     """Join a multi-process run (before anything else touches JAX's devices). A process that
     sends no heartbeat for `heartbeat_timeout` seconds is dead to the coordination service,
     which then ends every other process: the trade-off between how soon a lost host is
-    noticed and how long a stall (swapping, a VM's migration, a stalled network file system)
-    a healthy run survives (benchmarks/NOTES.md 40)."""
+    noticed (within the timeout) and how long a stall (swapping, a VM's migration, a stalled
+    network file system) a healthy run survives (half of it; config.py)."""
     if not distributed_flags(coordinator, num_processes, process_id, auto):
         return
     _heartbeat["seconds"] = heartbeat_timeout
