@@ -168,25 +168,19 @@ def test_four_devices_equal_one_and_restore_on_one(one_device_run, fashion_mnist
     assert err <= 1e-5
 
 
-@pytest.fixture(scope="module")
-def one_process_run(fashion_mnist_dir, tmp_path_factory):
-    """The reference for 2 processes: one process, device pipeline, 2 steps."""
-    tmp = tmp_path_factory.mktemp("one_process")
-    finish(worker(tmp / "one", settings(tmp / "w", fashion_mnist_dir)), 120)
-    return np.load(tmp / "one_e1.npz")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["host"])
-def test_two_processes_equal_one(pipeline, one_process_run, fashion_mnist_dir, tmp_path,
+def test_two_processes_equal_one(pipeline, one_device_run, fashion_mnist_dir, tmp_path,
                                  report):
-    """2 processes on loopback (jax.distributed, gloo collectives): 2 steps, same params.
+    """2 processes on loopback (jax.distributed, gloo collectives): 2 augmented steps, the
+    params of the 1-device reference's first epoch.
 
     The host pipeline (each process reads its rows through tf.data) against one process on
     the device pipeline; the device pipeline's multi-process loading runs in the lost-process
-    and SIGTERM tests below, and the two pipelines' pixels are equal (tests/test_data.py)."""
-    one = one_process_run
-    config = settings(tmp_path / "two", fashion_mnist_dir, pipeline=pipeline)
+    and SIGTERM tests (tests/test_lost_process.py), and the two pipelines' pixels are equal
+    (tests/test_data.py)."""
+    one = one_device_run[1]
+    config = settings(tmp_path / "two", fashion_mnist_dir, pipeline=pipeline, augment=True)
     coordinator = f"localhost:{free_port()}"
     started = time.monotonic()
     procs = [worker(tmp_path / f"p{i}", config, distributed=(coordinator, 2, i))
