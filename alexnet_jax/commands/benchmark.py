@@ -2,12 +2,18 @@
 
 Step rows: inputs already on the device, rotated among 4 batches, dropout on, warm-up steps
 first, each timed step ended by block_until_ready (JAX) or a device synchronize (PyTorch),
-then the median, p10 and p90 step time. Both frameworks run in the same process on the same
-device. FLOPs per image come from XLA's cost analysis of the compiled step, beside the
-analytic count. TFLOP/s and MFU count the model's analytic FLOPs (what the step must compute,
-the usual definition of MFU), so a kernel that needs fewer operations, such as Winograd's on
-the CPU, shows as more FLOP/s, not fewer; MFU is that over the device's peak for the dtype.
-Epoch rows (`--epoch-images`): d2l's epoch end to end, input pipeline included.
+then the median, p10 and p90 step time (latency); then the same steps dispatched back to back
+with one wait at the end (throughput: `pipelined_images_per_sec`). Both frameworks run in the
+same process on the same device. FLOPs per image: XLA's count of the compiled step where it
+counts the convolutions, the analytic count otherwise (cuDNN's convolutions are custom calls
+XLA does not count), each row saying which. TFLOP/s and MFU count the model's analytic FLOPs
+(what the step must compute, the usual definition of MFU), so a kernel that needs fewer
+operations, such as Winograd's on the CPU, shows as more FLOP/s, not fewer; MFU is that over
+the device's peak for the arithmetic the row runs in (TF32 for float32 at the default
+precision on NVIDIA GPUs), and a row whose MFU would exceed 1 is an error, not a figure. Peak
+memory per row: XLA's memory analysis of that row's compiled step (JAX), PyTorch's peak reset
+per row (CUDA). Epoch rows (`--epoch-images`): d2l's epoch end to end, input pipeline
+included.
 """
 
 from __future__ import annotations
@@ -45,10 +51,37 @@ JAX_VARIANTS = {  # name: (--dtype, matmul precision, --augment)
 }
 
 
-def peak_flops(device_kind: str, bf16: bool) -> float | None:
-    """The chip's dense peak (float32 without TF32, or bfloat16), for MFU; None if unknown."""
+# The arithmetic each row's products run in: the peak its MFU is taken against. float32 at the
+# frameworks' default precision is TF32 on NVIDIA GPUs (XLA's convolutions and dots, cuDNN's
+# convolutions in PyTorch) and bf16 passes on TPUs; "highest" is full float32.
+ARITHMETIC = {"jax-f32-default": "f32-default", "jax-f32-augment": "f32-default",
+              "jax-f32-highest": "f32-highest", "jax-bf16": "bf16", "torch-eager": "f32-default",
+              "torch-compile": "f32-default", "torch-bf16": "bf16"}
+
+
+def peak_flops(device_kind: str, arithmetic: str) -> float | None:
+    """The chip's dense peak for the arithmetic a row runs in (ARITHMETIC), for MFU; None
+    where the chip or its peak for that arithmetic is not known (CPUs, a TPU's float32)."""
     chip = chip_by_kind(device_kind)
-    return None if chip is None else chip.bf16_flops if bf16 else chip.f32_flops
+    if chip is None:
+        return None
+    return {"bf16": chip.bf16_flops, "f32-default": chip.f32_default_flops,
+            "f32-highest": chip.f32_flops}[arithmetic]
+
+
+def counted_flops(xla_flops: float, hlo_text: str, analytic: float) -> tuple[float, str]:
+    """(FLOPs per image, "xla" or "analytic"): XLA's count of the compiled step where it
+    counts the convolutions, else the model's analytic count. XLA's cost analysis skips
+    custom calls, and on NVIDIA GPUs the convolutions are cuDNN's custom calls (0.1 of 5.63
+    GFLOP counted on an H200); on the CPU XLA counts what runs (fewer than the analytic
+    count, by Winograd)."""
+    if "cudnn$conv" in hlo_text or not xla_flops:
+        return analytic, "analytic"
+    return xla_flops, "xla"
+
+
+class ImpossibleFigure(ValueError):
+    """A figure the hardware cannot reach (an MFU above 1): the peak or the count is wrong."""
 
 
 def summarize(times: list[float], batch: int) -> dict:
@@ -71,7 +104,9 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, mesh, profile=N
         t0 = time.perf_counter()
         compiled = step.lower(state, *spec, empty_metrics()).compile()
         compile_s = time.perf_counter() - t0
-        memory.check_fits(compiled, f"{variant} at batch", batch, jax.local_devices(), mesh.size)
+        memory.check_fits(compiled, f"{variant} at batch", batch, jax.local_devices(),
+                          mesh.size)
+        peak = memory.peak_bytes(compiled)
         rng = np.random.default_rng(0)
         batches = [jax.device_put((rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
                                    rng.integers(0, 10, batch).astype(np.int32)), sharding)
@@ -79,6 +114,7 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, mesh, profile=N
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+        hlo_text = compiled.as_text()
         if profile:  # a jax.profiler trace of the timed steps (compiled and warmed up)
             compiled = StepTracer(compiled, warmup + 1, warmup + steps, 0,
                                   Path(profile) / f"{variant}-batch{batch}")
@@ -91,13 +127,20 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, mesh, profile=N
                 jax.block_until_ready(metrics)
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
+            # Throughput: the same steps dispatched back to back, one wait at the end.
+            t0 = time.perf_counter()
+            for i in range(steps):
+                images, labels = batches[i % len(batches)]
+                state, metrics = compiled(state, images, labels, empty_metrics())
+            jax.block_until_ready(metrics)
+            pipelined = batch * steps / (time.perf_counter() - t0)
         finally:
             if profile:  # a trace still open (a step that failed) ends with the row
                 compiled.close()
-    stats = jax.devices()[0].memory_stats() or {}
     return {"framework": "jax", "variant": variant, "batch": batch, "compile_s": compile_s,
-            "xla_flops_per_image": xla_flops / batch,
-            "peak_memory_bytes": stats.get("peak_bytes_in_use"), **summarize(times, batch)}
+            "xla_flops_per_image": xla_flops / batch, "hlo_text": hlo_text,
+            "peak_memory_bytes": peak, "peak_memory_source": "XLA's memory analysis",
+            "pipelined_images_per_sec": pipelined, **summarize(times, batch)}
 
 
 def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
@@ -134,10 +177,17 @@ def bench_torch(variant: str, batch: int, steps: int, warmup: int) -> dict:
             compile_s = dt
         if i >= warmup:
             times.append(dt)
+    t0 = time.perf_counter()  # throughput: back to back, one synchronize at the end
+    for i in range(steps):
+        step(*batches[i % len(batches)])
+    sync()
+    pipelined = batch * steps / (time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return {"framework": "torch", "variant": variant, "batch": batch,
             "compile_s": compile_s if variant == "torch-compile" else None,
-            "xla_flops_per_image": None, "peak_memory_bytes": peak, **summarize(times, batch)}
+            "xla_flops_per_image": None, "peak_memory_bytes": peak,
+            "peak_memory_source": "torch.cuda.max_memory_allocated" if peak else None,
+            "pipelined_images_per_sec": pipelined, **summarize(times, batch)}
 
 
 def bench_epoch(pipeline: str, batch: int, split, mesh) -> dict:
@@ -219,10 +269,24 @@ def bench_row(name, batch, steps, warmup, mesh, profile, epoch_split, analytic, 
             return None
         return {"variant": name, "batch": batch, "error": f"{type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}"}
+    return finish_row(row, name, batch, analytic, device_kind)
+
+
+def finish_row(row: dict, name: str, batch: int, analytic: float, device_kind: str) -> dict:
+    """A measured row with the figures that follow from it, or its error where one of them
+    is one the hardware cannot reach."""
     row["analytic_flops_per_image"] = analytic
+    row["flops_per_image"], row["flops_source"] = counted_flops(
+        row.get("xla_flops_per_image") or 0.0, row.pop("hlo_text", ""), analytic)
     row["tflops_per_sec"] = analytic * row["images_per_sec"] / 1e12
-    peak = peak_flops(device_kind, bf16="bf16" in name)
+    row["arithmetic"] = ARITHMETIC.get(name)
+    peak = peak_flops(device_kind, row["arithmetic"]) if row["arithmetic"] else None
     row["mfu"] = None if peak is None else row["tflops_per_sec"] * 1e12 / peak
+    if row["mfu"] is not None and row["mfu"] > 1:
+        return {"variant": name, "batch": batch, "error": str(ImpossibleFigure(
+            f"MFU {row['mfu']:.2f} above 1 ({row['tflops_per_sec']:.1f} TFLOP/s against the "
+            f"{row['arithmetic']} peak of {peak / 1e12:.1f} TFLOP/s on {device_kind}): the "
+            "peak or the FLOP count is wrong, so no figure"))}
     return row
 
 

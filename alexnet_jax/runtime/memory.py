@@ -26,6 +26,12 @@ def step_bytes(compiled) -> int:
                - analysis.alias_size_in_bytes, 0)
 
 
+def peak_bytes(compiled) -> int:
+    """Bytes a call of `compiled` holds at its peak per device: its arguments and what it
+    allocates beyond them (`step_bytes`), by XLA's memory analysis of that program alone."""
+    return compiled.memory_analysis().argument_size_in_bytes + step_bytes(compiled)
+
+
 def host_available_bytes(meminfo: Path = Path("/proc/meminfo"),
                          cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     """The memory this process can still take on the host: the kernel's MemAvailable, or a
