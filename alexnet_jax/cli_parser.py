@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a jax.profiler trace of global steps A to B into WORKDIR/profile")
     t.add_argument("--restart", action="store_true",
                    help="start this work dir's run over; its records move to replaced/TIME/")
+    t.add_argument("--sync-steps", action="store_true",
+                   help="d2l's timing: wait for every step and count the steps alone in "
+                   "examples/sec (default: one step in flight, the steps' wall time counted)")
     t.add_argument("--strict-checkpoints", action="store_true",
                    help="stop on a corrupted checkpoint instead of falling back to an earlier one")
     m = t.add_argument_group("several hosts", "data-parallel training over many processes "

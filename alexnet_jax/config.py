@@ -41,6 +41,9 @@ class TrainConfig:
     augment: bool = False
     strict_checkpoints: bool = False
     profile_steps: tuple[int, int] | None = None
+    # d2l's timing: each step waited for and timed alone (examples/sec comparable with d2l's
+    # printed figure); by default one step is in flight and the steps' wall time is counted.
+    sync_steps: bool = False
     # Seconds without a heartbeat before a process of a multi-process run counts as lost and
     # the run stops: a lost host is noticed within it (38 s measured at 60), a healthy process
     # that stalls for up to half of it goes on (heartbeats go out about every half; 25 s

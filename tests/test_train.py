@@ -422,3 +422,55 @@ def test_checkpoint_layout_unchanged():
     assert params["['params']['fc1']['kernel']"] == ("float32", (6400, 4096))
     assert layout == {**CHECKPOINT_LAYOUT, **params}
     assert [type(s).__name__ for s in tree["opt_state"]] == ["EmptyState", "EmptyState"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", [False, True], ids=["one-in-flight", "sync-steps"])
+def test_the_next_step_is_dispatched_before_the_host_waits(sync, fashion_mnist_dir, tmp_path,
+                                                           capsys, monkeypatch):
+    """By default step i + 1 is dispatched before the host waits for step i (except where the
+    current step is read: a log point, a save, the epoch's end), and the closing line says
+    what examples/sec timed; --sync-steps (d2l's timing) waits for every step before the
+    next. The same 3 steps either way."""
+    from alexnet_jax.cli import main
+    from alexnet_jax.training import loop
+
+    events = []
+    real_compile, real_check = loop.compile_steps, loop.check_loss
+
+    def compile_recording(*args):
+        step, seconds, compiled = real_compile(*args)
+
+        def recorded(*step_args):
+            result = step(*step_args)
+            events.append(("dispatch", sum(kind == "dispatch" for kind, _ in events) + 1))
+            return result
+
+        return recorded, seconds, compiled
+
+    def check_recording(run, tally, metrics, step):  # right after the wait for that step
+        events.append(("waited", step))
+        return real_check(run, tally, metrics, step)
+
+    monkeypatch.setattr(loop, "compile_steps", compile_recording)
+    monkeypatch.setattr(loop, "check_loss", check_recording)
+    # 10 steps of 2 images: d2l's 5 points an epoch fall on the even steps, so the odd ones
+    # are read by nothing before the next step.
+    args = ["train", "--workdir", str(tmp_path / "w"), "--epochs", "1", "--manual-dir",
+            str(fashion_mnist_dir), "--limit-train", "20", "--limit-test", "4",
+            "--batch-size", "2", "--source", "idx", *(["--sync-steps"] if sync else [])]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    waits = [n for kind, n in events if kind == "waited"]
+    dispatches = [n for kind, n in events if kind == "dispatch"]
+    assert dispatches == waits == list(range(1, 11)), events  # each step checked once
+    ahead = [n for n in dispatches[1:] if events.index(("dispatch", n)) <
+             events.index(("waited", n - 1))]
+    closing = next(line for line in out.splitlines() if "examples/sec on" in line)
+    if sync:
+        assert not ahead, events
+        assert closing.endswith("examples/sec on cpu:0"), closing
+    else:
+        assert ahead == [2, 4, 6, 8, 10], events  # each odd step waited for behind the next
+        assert closing.endswith("examples/sec on cpu:0 (the wall time of the epochs' steps, "
+                                "one in flight; --sync-steps times each step alone, as d2l)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from ..data.fashion_mnist import load_split
 from ..data.input_pipeline import InputPipeline, make_pipeline
@@ -161,7 +162,7 @@ def train_epochs(run: Run, position: Position):
         if start_step >= run.total_steps:
             run.out(f"this run is finished ({start_step} of {run.total_steps} steps); nothing "
                     "to train")
-            return state, closing_report(run.log, tally.totals, run.out)
+            return state, closing_report(run.log, tally.totals, run.out, run.config.sync_steps)
         for line in compiled_lines(run.compile_seconds, run.backend, run.config.dtype):
             run.out(line)
         train_step = run.train_step
@@ -182,7 +183,7 @@ def train_epochs(run: Run, position: Position):
                                           seconds if first == 0 else None)
                 if run.flag.agreed() and epoch + 1 < run.config.epochs:
                     stop(run, tally)  # at an epoch's end, after its test accuracy and save
-        return state, closing_report(run.log, tally.totals, run.out)
+        return state, closing_report(run.log, tally.totals, run.out, run.config.sync_steps)
     except Exception as err:
         if memory.is_out_of_memory(err):
             raise memory.out_of_memory("--batch-size", run.config.batch_size, run.step_bytes,
@@ -195,43 +196,79 @@ def train_epochs(run: Run, position: Position):
             run.progress.close()
 
 
+class _Done(NamedTuple):
+    """A dispatched step, to be waited for: its global step, metric sums and batch size."""
+
+    step: int
+    metrics: dict
+    size: int
+
+
 def train_epoch(run: Run, tally: Tally, state, epoch_metrics, epoch: int, first: int):
-    """Steps `first`.. of one epoch; returns the state, the metric sums and the step seconds."""
+    """Steps `first`.. of one epoch; returns the state, the metric sums and the step seconds.
+
+    By default one step is in flight: step i is dispatched (its batch gathered and resized on
+    the device) before the host waits for step i - 1, so the accelerator never waits for the
+    host; each step's loss is still checked as it completes, and the current step is waited
+    for before anything reads or saves it. A step's seconds are then the wall time between
+    completions (the epoch's steps, input preparation on the device included). `--sync-steps`
+    is d2l's timing instead: its batch ready, the step alone, waited for."""
     run.progress.show(f"epoch {epoch + 1}/{run.config.epochs}")
     log_every = max(run.steps_per_epoch // 5, 1)  # d2l's animator: 5 points per epoch
-    step_seconds = 0.0
-    for i, batch in enumerate(run.train_pipe.epoch(epoch, first), start=first):
-        jax.block_until_ready(batch.images)  # d2l times the steps once their batch is loaded
-        t0 = time.perf_counter()
-        state, epoch_metrics = run.train_step(state, batch.images, batch.labels, epoch_metrics)
-        jax.block_until_ready(epoch_metrics)
-        dt = time.perf_counter() - t0
-        step_seconds += dt
+    clock = {"seconds": 0.0, "last": time.perf_counter(), "dt": 0.0}
+    pending: _Done | None = None
+
+    def complete(done: _Done, started: float | None = None) -> None:
+        """Wait for a dispatched step; time it, check its loss, count it."""
+        jax.block_until_ready(done.metrics)
+        now = time.perf_counter()
+        dt = now - (clock["last"] if started is None else started)
+        clock["last"], clock["dt"] = now, dt
+        clock["seconds"] += dt
         tally.totals["train_seconds"] = tally.totals["train_seconds"] + dt
-        tally.totals["train_examples"] = tally.totals["train_examples"] + batch.size
-        global_step = epoch * run.steps_per_epoch + i + 1
-        check_loss(run, tally, epoch_metrics, global_step)
+        tally.totals["train_examples"] = tally.totals["train_examples"] + done.size
+        check_loss(run, tally, done.metrics, done.step)
         run.progress.update(1)
-        if run.estimate and (estimate := run.estimate.add(dt, global_step)):
+        if run.estimate and (estimate := run.estimate.add(dt, done.step)):
             run.out(estimate)
+
+    for i, batch in enumerate(run.train_pipe.epoch(epoch, first), start=first):
+        global_step = epoch * run.steps_per_epoch + i + 1
+        if run.config.sync_steps:
+            jax.block_until_ready(batch.images)  # d2l times the steps once their batch is loaded
+            started = time.perf_counter()
+        state, epoch_metrics = run.train_step(state, batch.images, batch.labels, epoch_metrics)
+        if run.config.sync_steps:
+            complete(_Done(global_step, epoch_metrics, batch.size), started)
+        else:
+            if pending is not None:
+                complete(pending)  # the step before, while this one runs
+            # Its loss, copied on the device: the next step takes (donates) the sums themselves.
+            pending = _Done(global_step, {"loss_sum": jnp.copy(epoch_metrics["loss_sum"])},
+                            batch.size)
         last = i + 1 == run.steps_per_epoch
-        if (i + 1) % log_every == 0 or last:
+        every = run.config.checkpoint_every_steps
+        stopping = not last and run.flag.agreed()
+        logging = (i + 1) % log_every == 0 or last
+        saving = stopping or (not last and every and global_step % every == 0)
+        if pending is not None and (logging or saving or last):
+            complete(pending)  # read or saved next: this step itself
+            pending = None
+        if logging:
             point = metrics_point(epoch_metrics, global_step, run.steps_per_epoch,
                                   tally.totals, run.wall_start)
             run.progress.show(loss=f"{point['train_loss']:.3f}",
                               acc=f"{point['train_acc']:.3f}",
-                              img_s=f"{batch.size / max(dt, 1e-9):.0f}")
+                              img_s=f"{batch.size / max(clock['dt'], 1e-9):.0f}")
             if not last:
                 run.log.add(point)
                 if run.progress.bar is None:  # on a terminal the bar shows them
                     run.out(progress_line(point, run.total_steps))
-        every = run.config.checkpoint_every_steps
-        stopping = not last and run.flag.agreed()
-        if stopping or (not last and every and global_step % every == 0):
+        if saving:
             save(run, tally, global_step, state, epoch_metrics)
         if stopping:
             stop(run, tally)  # at an epoch's last step, end_epoch comes first
-    return state, epoch_metrics, step_seconds
+    return state, epoch_metrics, clock["seconds"]
 
 
 def end_epoch(run: Run, tally: Tally, state, epoch_metrics, epoch: int,

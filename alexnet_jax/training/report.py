@@ -42,8 +42,9 @@ def progress_line(point: dict, total_steps: int) -> str:
             f"{point['examples_per_sec']:.1f} examples/sec")
 
 
-def closing_report(log: MetricsLog, totals: dict, out=print) -> dict:
-    """d2l's two closing lines (and the wall time), from the last epoch-end point."""
+def closing_report(log: MetricsLog, totals: dict, out=print, sync_steps: bool = True) -> dict:
+    """d2l's two closing lines (and the wall time), from the last epoch-end point; without
+    `sync_steps` (--sync-steps, d2l's timing) examples/sec says what it timed."""
     ends = [p for p in log.points if p.get("test_acc") is not None]
     if not ends:
         raise RunError(f"{log.path} holds no finished epoch to report")
@@ -51,7 +52,9 @@ def closing_report(log: MetricsLog, totals: dict, out=print) -> dict:
     speed = float(totals["train_examples"]) / float(totals["train_seconds"])
     out(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, "
         f"test acc {last['test_acc']:.3f}")
-    out(f"{speed:.1f} examples/sec on {device_name()}")
+    timed = "" if sync_steps else (" (the wall time of the epochs' steps, one in flight; "
+                                   "--sync-steps times each step alone, as d2l)")
+    out(f"{speed:.1f} examples/sec on {device_name()}{timed}")
     if jax.device_count() > 1:
         out(f"{speed / jax.device_count():.1f} examples/sec per device")
     out(f"wall time {last['wall_seconds']:.1f} s")
