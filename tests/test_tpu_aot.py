@@ -70,3 +70,61 @@ def test_train_step_compiles_for_a_four_chip_tpu_slice_with_xla_convolutions(tmp
     train = row["train"]
     assert train["gflop"] > 0 and 0 < train["hbm_fraction"] < 1
     assert train["roofline_ms"] > 0 and train["bound"] in ("compute", "memory")
+    assert train["launches"] and sum(train["launches"].values()) > 20, train["launches"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13)),
+                    reason="JAX's CUDA plugin is not installed (pip install jax-cuda13-plugin "
+                    "jax-cuda13-pjrt, with CUDA's ptxas on PATH; no GPU needed)")
+def test_the_h200_step_lists_its_cudnn_convolutions_and_pool_gradients(tmp_path):
+    """`aot --topology h200`: what the compiled train step launches on the GPU, from its HLO:
+    cuDNN's convolutions and, with flax's max-pool, XLA's select-and-scatter."""
+    out = tmp_path / "h200"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_DEFAULT_MATMUL_PRECISION"}
+    done = subprocess.run([sys.executable, "-m", "alexnet_jax", "aot", "--topology", "h200",
+                           "--batch-size", "8", "--dtype", "float32", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr
+    train = json.loads(out.with_suffix(".json").read_text())["rows"][0]["train"]
+    assert any(k.startswith("cuDNN conv") for k in train["launches"]), train["launches"]
+    assert "train step launches:" in out.with_suffix(".md").read_text()
+
+
+def test_launches_are_read_from_the_compiled_step():
+    """What a step launches, read from its HLO: the accelerators' model (flax's layers) takes
+    its pools' gradients by XLA's select-and-scatter, 3 of them, which XLA:GPU runs with
+    atomics; the CPU's model by its winners, none (both before XLA's CPU passes, which fuse
+    them); a GPU's custom calls are named by their target, its fusions by their kind."""
+    import jax
+    import jax.numpy as jnp
+
+    from alexnet_jax.commands.aot import launches
+    from alexnet_jax.model.build import build_model
+    from alexnet_jax.runtime.parallel import make_mesh
+    from alexnet_jax.training.steps import create_train_state, empty_metrics, jit_steps
+
+    def train_step_launches(backend: str) -> dict[str, int]:
+        state = jax.eval_shape(lambda: create_train_state(build_model(backend=backend), 0,
+                                                          0.01))
+        return launches(jit_steps(make_mesh()).train.lower(
+            state, jax.ShapeDtypeStruct((2, 224, 224, 1), jnp.float32),
+            jax.ShapeDtypeStruct((2,), jnp.int32), empty_metrics(state)).as_text(dialect="hlo"))
+
+    accelerators, cpu = train_step_launches("gpu"), train_step_launches("cpu")
+    assert accelerators.get("select-and-scatter") == 3, accelerators
+    assert "select-and-scatter" not in cpu and sum(cpu.values()) > 20, cpu
+    gpu_hlo = """HloModule m
+
+ENTRY %main (p0: f32[2,224,224,1]) -> f32[2] {
+  %p0 = f32[2,224,224,1]{3,2,1,0} parameter(0)
+  %c = (f32[2,54,54,96]{3,2,1,0}, u8[0]{0}) custom-call(%p0), CONV
+  %g = f32[2,54,54,96]{3,2,1,0} get-tuple-element(%c), index=0
+  %f = f32[2,54,54,96]{3,2,1,0} fusion(%g), kind=kLoop, calls=%fused
+  %t = f32[96,54,54,2]{3,2,1,0} transpose(%f), dimensions={3,2,1,0}
+  ROOT %r = f32[2]{0} fusion(%t), kind=kInput, calls=%fused2
+}
+"""
+    gpu_hlo = gpu_hlo.replace("CONV", 'custom_call_target="__cudnn$convForward"')
+    assert launches(gpu_hlo) == {"cuDNN convForward": 1, "fusion kInput": 1,
+                                 "fusion kLoop": 1, "transpose": 1}

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -131,6 +132,40 @@ def compiled_figures(compiled, chip: Chip, batch: int, chips: int, dtype: str,
             "per_chip_batch": batch // chips}
 
 
+# A compiled step's top-level instructions are what it launches: cuDNN's and cuBLAS's calls
+# (custom calls, by target), XLA's fusions (by kind), and the ops left unfused.
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.-]+\s*=\s*.*?\s([a-z][\w-]*)\((.*)$")
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_FUSION_KIND = re.compile(r"kind=(k\w+)")
+_NOT_LAUNCHED = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast",
+                 "after-all", "partition-id", "replica-id"}
+
+
+def launches(hlo_text: str) -> dict[str, int]:
+    """What a compiled program's entry computation launches, counted by kind: "cuDNN
+    convForward" and the like for custom calls, "fusion kLoop" and the like for fusions,
+    the op's name for the rest ("convolution", "copy", "transpose", "select-and-scatter",
+    "all-reduce", ...); parameters, constants and tuple plumbing are not launches."""
+    entry = hlo_text[hlo_text.index("\nENTRY "):] if "\nENTRY " in hlo_text else hlo_text
+    body = entry[entry.index("{") + 1:] if "{" in entry else entry
+    counts: dict[str, int] = {}
+    for line in body.splitlines():
+        if line.strip() == "}":
+            break
+        found = _INSTRUCTION.match(line)
+        if not found or found[1] in _NOT_LAUNCHED:
+            continue
+        op, rest = found[1], found[2]
+        if op == "custom-call" and (target := _TARGET.search(rest)):
+            name = target[1].lstrip("_").replace("cudnn$", "cuDNN ").replace("cublas$", "cuBLAS ")
+        elif op == "fusion" and (kind := _FUSION_KIND.search(rest)):
+            name = f"fusion {kind[1]}"
+        else:
+            name = op
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def compile_steps_for(topology: str, batch: int, dtype: str) -> dict:
     """Compile the train and eval steps for `topology` at global batch `batch`."""
     import jax
@@ -152,6 +187,7 @@ def compile_steps_for(topology: str, batch: int, dtype: str) -> dict:
         compiled = step.lower(state, images, labels, metrics).compile()
         row[name] = compiled_figures(compiled, chip, batch, len(devices), dtype, passes)
         row[name]["compile_seconds"] = time.perf_counter() - t0
+        row[name]["launches"] = launches(compiled.as_text())
         if name == "train":
             row["hlo_convolutions"] = compiled.as_text().count(" convolution(")
     return row
@@ -190,6 +226,12 @@ def table(rows: list[dict], fits: dict) -> str:
                 f"{f['temporaries_gib']:.2f}) | {f['hbm_fraction']:.1%} | {f['bound']} | "
                 f"{f['roofline_ms']:.2f} | {f['roofline_images_per_sec']:,.0f} | "
                 f"{f['compile_seconds']:.0f} |")
+    lines.append("")
+    for r in rows:
+        for name in ("train", "eval"):
+            what = ", ".join(f"{n} {k}" for k, n in r[name]["launches"].items())
+            lines.append(f"- {r['topology']} {r['dtype']} batch {r['batch']}, {name} step "
+                         f"launches: {what}")
     lines.append("")
     for (topology, dtype), batch in fits.items():
         chips = next(r["chips"] for r in rows if r["topology"] == topology)

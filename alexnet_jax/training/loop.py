@@ -247,12 +247,15 @@ def train_epoch(run: Run, tally: Tally, state, epoch_metrics, epoch: int, first:
             pending = _Done(global_step, {"loss_sum": jnp.copy(epoch_metrics["loss_sum"])},
                             batch.size)
         last = i + 1 == run.steps_per_epoch
-        every = run.config.checkpoint_every_steps
-        stopping = not last and run.flag.agreed()
         logging = (i + 1) % log_every == 0 or last
+        if pending is not None and logging:
+            complete(pending)  # read next: this step itself
+            pending = None
+        every = run.config.checkpoint_every_steps
+        stopping = not last and run.flag.agreed()  # a signal that came during the waits above
         saving = stopping or (not last and every and global_step % every == 0)
-        if pending is not None and (logging or saving or last):
-            complete(pending)  # read or saved next: this step itself
+        if pending is not None and saving:
+            complete(pending)  # saved next: this step itself
             pending = None
         if logging:
             point = metrics_point(epoch_metrics, global_step, run.steps_per_epoch,
