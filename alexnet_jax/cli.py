@@ -70,7 +70,7 @@ def quiet_logs() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
-def stop_with_the_run(err: Exception) -> None:
+def stop_with_the_run(err: Exception, heartbeat_timeout: int) -> None:
     """In a multi-process run, exit at once with one line (jax.distributed's shutdown would
     wait for the others at exit, about a minute, then abort with a C++ trace): a lost peer
     when the coordination service says one is gone, else this error, told to the others."""
@@ -80,7 +80,7 @@ def stop_with_the_run(err: Exception) -> None:
 
     if not jax.distributed.is_initialized():
         return
-    if gone := lost_processes():
+    if gone := lost_processes(heartbeat_timeout):
         exit_lost_process(str(err), gone)
     exit_failed(str(err))
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             raise
         code = getattr(err, "exit_code", 1)  # 128 + N when stopped by signal N, on purpose
         if args.command == "train" and supervise.is_child() and code <= 128:
-            stop_with_the_run(err)  # all processes stop together on a signal (stops.py)
+            stop_with_the_run(err, args.heartbeat_timeout)  # all stop together on a signal
         print(f"alexnet-jax: {'' if code > 128 else 'error: '}{err}", file=sys.stderr)
         return code
 

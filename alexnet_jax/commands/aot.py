@@ -187,9 +187,10 @@ def compile_steps_for(topology: str, batch: int, dtype: str) -> dict:
         compiled = step.lower(state, images, labels, metrics).compile()
         row[name] = compiled_figures(compiled, chip, batch, len(devices), dtype, passes)
         row[name]["compile_seconds"] = time.perf_counter() - t0
-        row[name]["launches"] = launches(compiled.as_text())
+        hlo = compiled.as_text()
+        row[name]["launches"] = launches(hlo)
         if name == "train":
-            row["hlo_convolutions"] = compiled.as_text().count(" convolution(")
+            row["hlo_convolutions"] = hlo.count(" convolution(")
     return row
 
 

@@ -24,9 +24,7 @@ from .supervise import distributed_flags, native_log
 DATA_AXIS = "data"
 
 
-# The heartbeat timeout (--heartbeat-timeout) is set per run; lost_processes waits that long
-# plus this for the coordination service's answer.
-_heartbeat = {"seconds": 0}
+# lost_processes waits the run's heartbeat timeout plus this for the service's answer.
 ANSWER_MARGIN_SECONDS = 2.0
 
 
@@ -40,13 +38,12 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
     network file system) a healthy run survives (half of it; config.py)."""
     if not distributed_flags(coordinator, num_processes, process_id, auto):
         return
-    _heartbeat["seconds"] = heartbeat_timeout
     # The run checkpoints on SIGTERM itself (training/stops.py): no preemption service, whose
     # threads only add warnings when a peer dies.
     jax.config.update("jax_enable_preemption_service", False)
     # For the process's life, not undone: it is the child that exists for this one run
     # (runtime/supervise.py), and a lost peer can reach any thread until it exits.
-    threading.excepthook = _stop_on_lost_process(threading.excepthook)
+    threading.excepthook = _stop_on_lost_process(threading.excepthook, heartbeat_timeout)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout)
@@ -65,11 +62,10 @@ def _client():
     return distributed.global_state.client
 
 
-def lost_processes(wait: float | None = None) -> list[int]:
+def lost_processes(heartbeat_timeout: float) -> list[int]:
     """The processes of this run that the coordination service no longer counts alive, or []
-    when it cannot tell within `wait` seconds (by default the heartbeat timeout and a
-    margin); [0] when the service itself no longer answers (it runs in process 0). Empty
-    outside a multi-process run.
+    when it cannot tell within the run's heartbeat timeout and a margin; [0] when the service
+    itself no longer answers (it runs in process 0). Empty outside a multi-process run.
 
     The service answers once every live process has asked (`get_live_nodes` is collective),
     and it counts a process dead after the heartbeat timeout: survivors of a lost process
@@ -89,7 +85,7 @@ def lost_processes(wait: float | None = None) -> list[int]:
 
     asking = threading.Thread(target=ask, name="alexnet-jax live processes", daemon=True)
     asking.start()
-    asking.join(_heartbeat["seconds"] + ANSWER_MARGIN_SECONDS if wait is None else wait)
+    asking.join(heartbeat_timeout + ANSWER_MARGIN_SECONDS)
     return answer[0] if answer else []
 
 
@@ -118,12 +114,12 @@ def _watch_peer_failures(poll: float = 0.5) -> None:
                            "process: the run resumes from its last checkpoint)")
 
 
-def _stop_on_lost_process(default_hook):
+def _stop_on_lost_process(default_hook, heartbeat_timeout: int):
     """A threading.excepthook: a lost peer seen in a background thread (orbax's save) ends
     the process with the one line, before that thread prints a traceback."""
 
     def hook(args):
-        if gone := lost_processes():
+        if gone := lost_processes(heartbeat_timeout):
             exit_lost_process(str(args.exc_value), gone)
         default_hook(args)
 
