@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +80,14 @@ def torch_layer(layer, x, g, autocast: bool):
                                                   layer.bias.grad)]
 
 
+@partial(jax.jit, static_argnums=0)
+def _value_and_grads(module, params, x, g):
+    """One program, compiled as the train step compiles the layer (not op by op)."""
+    y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x)
+    grads, dx = vjp(g.astype(y.dtype))  # a conv's float32 output takes bf16's gradient
+    return y, grads, dx
+
+
 def ours(layer, x, g):
     """(y, dx, dw, db) of our bf16 layer: input and output gradient rounded to bf16, the
     parameters float32, as in the bf16 train step (kernels/layers.py; a conv's output is
@@ -98,8 +108,7 @@ def ours(layer, x, g):
         params = {"kernel": w.T, "bias": b}
         xj, gj = x.numpy(), g.numpy()
     xj, gj = jnp.asarray(xj, jnp.bfloat16), jnp.asarray(gj, jnp.bfloat16)
-    y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, xj)
-    grads, dx = vjp(gj.astype(y.dtype))  # a conv's float32 output takes bf16's gradient
+    y, grads, dx = _value_and_grads(module, params, xj, gj)
     to_torch = (lambda a: np.asarray(a, np.float64).transpose(0, 3, 1, 2)) \
         if xj.ndim == 4 else (lambda a: np.asarray(a, np.float64))
     dw = np.asarray(grads["kernel"], np.float64)

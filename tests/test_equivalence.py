@@ -8,6 +8,8 @@ listed at the end of pytest's output.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +45,22 @@ def torch_logits(net, x: np.ndarray, dtype=torch.float32):
 
 
 def jax_logits(params, x, model=MODEL):
-    return np.asarray(model.apply({"params": params}, x, train=False))
+    return np.asarray(_logits(model, params, x))
+
+
+# Each model's forward and gradient as one program: one compile, not one per op.
+@partial(jax.jit, static_argnums=0)
+def _logits(model, params, x):
+    return model.apply({"params": params}, x, train=False)
+
+
+@partial(jax.jit, static_argnums=0)
+def _loss_and_grads(model, params, x, labels):
+    def loss_fn(p):
+        logits = model.apply({"params": p}, x, train=False)
+        return jnp.mean(cross_entropy(logits, labels))
+
+    return jax.value_and_grad(loss_fn)(params)
 
 
 def torch_loss_and_grads(net, x, labels, dtype):
@@ -57,11 +74,7 @@ def torch_loss_and_grads(net, x, labels, dtype):
 
 
 def jax_loss_and_grads(params, x, labels, model=MODEL):
-    def loss_fn(p):
-        logits = model.apply({"params": p}, x, train=False)
-        return jnp.mean(cross_entropy(logits, labels))
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    loss, grads = _loss_and_grads(model, params, x, labels)
     return float(loss), params_to_torch(jax.device_get(grads), as_tensors=False)
 
 

@@ -160,7 +160,7 @@ def test_the_digest_is_part_of_its_checkpoint_and_old_ones_still_verify(referenc
     record = workdir / "checkpoints" / str(newest) / "digest" / "metadata"
     good = json.loads(record.read_text())["sha256"]
     evaluate = ["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
-                "--limit-test", "4"]
+                "--source", "idx", "--limit-test", "4"]
     record.write_text(json.dumps({"sha256": "0" * 64}))
     capsys.readouterr()
     assert main(evaluate) == 0

@@ -109,7 +109,7 @@ def test_corrupted_checkpoint_is_detected(reference_dir, fashion_mnist_dir, tmp_
     capsys.readouterr()
     # read-only: reports it, falls back, moves nothing
     assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
-                 "--limit-test", "4"]) == 0
+                 "--source", "idx", "--limit-test", "4"]) == 0
     out = capsys.readouterr().out
     assert f"checkpoints/{latest} is corrupted" in out and "moved" not in out
     assert steps_saved(workdir)[-1] == latest and not (workdir / "corrupted_checkpoints").exists()
@@ -343,7 +343,7 @@ def test_a_nan_checkpoint_of_an_earlier_version_is_reported_as_diverged(referenc
                                                      empty_totals()))
     capsys.readouterr()
     assert main(["evaluate", "--workdir", str(workdir), "--manual-dir",
-                 str(fashion_mnist_dir)]) == 1
+                 str(fashion_mnist_dir), "--source", "idx"]) == 1
     out, err = capsys.readouterr()
     assert f"checkpoints/{step} is diverged: it holds NaN or infinite values in " \
            "['params']['fc3']['kernel']" in out and "corrupted" not in out + err, out
@@ -377,7 +377,7 @@ def test_second_train_on_a_work_dir_exits_at_once(reference_dir, fashion_mnist_d
         assert len(err.splitlines()) == 1 and (workdir / "config.json").read_text() == config
         # read-only commands work while the lock is held
         assert main(["evaluate", "--workdir", str(workdir), "--manual-dir",
-                     str(fashion_mnist_dir), "--limit-test", "4"]) == 0
+                     str(fashion_mnist_dir), "--source", "idx", "--limit-test", "4"]) == 0
     finally:
         holder.kill()  # SIGKILL: the kernel drops its lock with it
         holder.wait()
@@ -406,8 +406,8 @@ def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_di
                    jax.device_get(params), "a float64 run")
     before = steps_saved(workdir)
     assert before == [0]
-    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir)]) \
-        == 1
+    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
+                 "--source", "idx"]) == 1
     err = capsys.readouterr().err
     assert "set JAX_ENABLE_X64=1" in err and len(err.splitlines()) == 1
     assert steps_saved(workdir) == before and not (workdir / "corrupted_checkpoints").exists()

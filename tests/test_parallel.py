@@ -132,58 +132,23 @@ def one_device_run(fashion_mnist_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_four_devices_equal_one_and_restore_on_one(one_device_run, fashion_mnist_dir,
-                                                   tmp_path, report):
-    workdir1, one, one_e2 = one_device_run
-    workdir4 = tmp_path / "w4"
-    finish(worker(tmp_path / "four", settings(workdir4, fashion_mnist_dir, augment=True),
-                  devices=4), 300)
-    four = np.load(tmp_path / "four_e1.npz")
-    assert int(four["devices"]) == 4 and int(four["step"]) == STEPS
-    name, err = worst_error(four, one)
-    report(f"4 devices vs 1, {STEPS} augmented steps, float64: worst parameter ({name})", err,
-           1e-5)
-    assert err <= 1e-5
-    for key in ("train_acc", "test_acc"):
-        assert float(four[key]) == float(one[key])
-    assert rel_err(four["train_loss"], one["train_loss"]) < 1e-6  # float32 sums
-    points1, points4 = ([json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
-                        for w in (workdir1, workdir4))
-    assert len(points4) == STEPS
-    assert [p["train_acc"] for p in points4] == [p["train_acc"] for p in points1[:STEPS]]
-    np.testing.assert_allclose([p["train_loss"] for p in points4],
-                               [p["train_loss"] for p in points1[:STEPS]], rtol=1e-6)
-    assert len(json.loads((workdir4 / "config.json").read_text())["devices"]) == 4
+def test_two_processes_of_two_devices_equal_one_and_restore_on_one(
+        one_device_run, fashion_mnist_dir, tmp_path, report):
+    """2 processes on loopback (jax.distributed, gloo collectives), 2 CPU devices each: 4
+    devices in all, 2 augmented steps, the params of the 1-device reference's first epoch; then
+    the same work dir resumed on 1 device, the reference's second epoch.
 
-    # The 4-device checkpoint restores on 1 device and training goes on like the run that
-    # never left 1 device.
-    output = finish(worker(tmp_path / "resumed", settings(workdir4, fashion_mnist_dir,
-                                                          augment=True), "2"), 300)
-    assert f"resuming from the checkpoint at step {STEPS} (epoch 2, batch 0)" in output
-    resumed = np.load(tmp_path / "resumed_e2.npz")
-    assert int(resumed["devices"]) == 1 and int(resumed["step"]) == 2 * STEPS
-    name, err = worst_error(resumed, one_e2)
-    report(f"4-device checkpoint resumed on 1, {2 * STEPS} steps: worst parameter ({name})",
-           err, 1e-5)
-    assert err <= 1e-5
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["host"])
-def test_two_processes_equal_one(pipeline, one_device_run, fashion_mnist_dir, tmp_path,
-                                 report):
-    """2 processes on loopback (jax.distributed, gloo collectives): 2 augmented steps, the
-    params of the 1-device reference's first epoch.
-
-    The host pipeline (each process reads its rows through tf.data) against one process on
-    the device pipeline; the device pipeline's multi-process loading runs in the lost-process
-    and SIGTERM tests (tests/test_lost_process.py), and the two pipelines' pixels are equal
+    The host pipeline: each process reads the rows of its own devices through tf.data. The
+    device pipeline's batches on 4 devices are the host pipeline's
+    (test_device_pipeline_delivers_the_same_batches_on_four_devices), its multi-process loading
+    runs in tests/test_lost_process.py, and the two pipelines' pixels are equal
     (tests/test_data.py)."""
-    one = one_device_run[1]
-    config = settings(tmp_path / "two", fashion_mnist_dir, pipeline=pipeline, augment=True)
+    workdir1, one, one_e2 = one_device_run
+    workdir = tmp_path / "two"
+    config = settings(workdir, fashion_mnist_dir, pipeline="host", augment=True)
     coordinator = f"localhost:{free_port()}"
     started = time.monotonic()
-    procs = [worker(tmp_path / f"p{i}", config, distributed=(coordinator, 2, i))
+    procs = [worker(tmp_path / f"p{i}", config, devices=2, distributed=(coordinator, 2, i))
              for i in range(2)]
     try:
         # a guard against a hung collective, not a speed check: loaded CI took 84 s
@@ -193,28 +158,79 @@ def test_two_processes_equal_one(pipeline, one_device_run, fashion_mnist_dir, tm
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    report(f"2 processes on loopback ({pipeline} pipeline): seconds to finish",
-           time.monotonic() - started)
+    report("2 processes of 2 devices on loopback: seconds to finish", time.monotonic() - started)
     saved = [np.load(tmp_path / f"p{i}_e1.npz") for i in range(2)]
     assert [int(s["processes"]) for s in saved] == [2, 2]
+    assert [int(s["devices"]) for s in saved] == [4, 4]
     assert [int(s["step"]) for s in saved] == [STEPS, STEPS]
     for key in one.files:
         if key.startswith("["):
             np.testing.assert_array_equal(saved[0][key], saved[1][key])
     name, err = worst_error(saved[0], one)
-    report(f"2 processes vs 1, {STEPS} steps, float64 ({pipeline} pipeline): worst parameter "
-           f"({name})", err, 1e-5)
+    report(f"2 processes x 2 devices vs 1 device, {STEPS} augmented steps, float64: worst "
+           f"parameter ({name})", err, 1e-5)
     assert err <= 1e-5
-    assert float(saved[0]["train_acc"]) == float(one["train_acc"])
-    assert "examples/sec on 2 x cpu" in outputs[0] and "examples/sec" not in outputs[1]
-    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == STEPS
+    for key in ("train_acc", "test_acc"):
+        assert float(saved[0][key]) == float(one[key])
+    assert rel_err(saved[0]["train_loss"], one["train_loss"]) < 1e-6  # float32 sums
+    points1, points4 = ([json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
+                        for w in (workdir1, workdir))
+    assert len(points4) == STEPS  # process 0 alone writes the records
+    assert [p["train_acc"] for p in points4] == [p["train_acc"] for p in points1[:STEPS]]
+    np.testing.assert_allclose([p["train_loss"] for p in points4],
+                               [p["train_loss"] for p in points1[:STEPS]], rtol=1e-6)
+    assert len(json.loads((workdir / "config.json").read_text())["devices"]) == 4
+    assert "examples/sec on 4 x cpu" in outputs[0] and "examples/sec" not in outputs[1]
     from alexnet_jax.observe.events import read_scalars  # TensorBoard events: process 0 alone
 
-    assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    events = read_scalars(tmp_path / "two" / "tensorboard")
+    assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = read_scalars(workdir / "tensorboard")
     assert [step for step, _ in events["train/loss"]] == [1, 2]
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()
                   if p.name.isdigit()) == [str(STEPS)]
+
+    # The checkpoint of 4 devices in 2 processes restores on 1 device of 1 process, and
+    # training goes on like the run that never left 1 device.
+    output = finish(worker(tmp_path / "resumed", config, "2"), 300)
+    assert f"resuming from the checkpoint at step {STEPS} (epoch 2, batch 0)" in output
+    resumed = np.load(tmp_path / "resumed_e2.npz")
+    assert int(resumed["devices"]) == 1 and int(resumed["step"]) == 2 * STEPS
+    name, err = worst_error(resumed, one_e2)
+    report(f"2x2-device checkpoint resumed on 1, {2 * STEPS} steps: worst parameter ({name})",
+           err, 1e-5)
+    assert err <= 1e-5
+
+
+PIPELINES_ON_FOUR_DEVICES = """
+import sys
+import numpy as np
+from alexnet_jax.data.fashion_mnist import load_idx_split
+from alexnet_jax.data.input_pipeline import DevicePipeline, HostPipeline
+from alexnet_jax.runtime.parallel import make_mesh
+
+mesh = make_mesh()
+split = load_idx_split(sys.argv[1], "test")
+split = type(split)(split.images[:22], split.labels[:22])
+host, device = (kind(split, 8, True, 3, mesh) for kind in (HostPipeline, DevicePipeline))
+for h, d in zip(host.epoch(1), device.epoch(1), strict=True):  # 8, 8 and a padded 6
+    assert h.size == d.size and d.images.sharding == h.images.sharding
+    assert {s.data.shape[0] for s in d.images.addressable_shards} == {2}
+    np.testing.assert_array_equal(np.asarray(d.images), np.asarray(h.images))
+    np.testing.assert_array_equal(np.asarray(d.labels), np.asarray(h.labels))
+print(len(mesh.devices.flat), "devices,", h.size, "in the last batch")
+"""
+
+
+@pytest.mark.slow
+def test_device_pipeline_delivers_the_same_batches_on_four_devices(fashion_mnist_dir):
+    """The device pipeline (a sharded uint8 split and a jitted gather) on 4 devices delivers
+    the host pipeline's global batches, sharded the same way, the padded last one included."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, "-c", PIPELINES_ON_FOUR_DEVICES,
+                           str(fashion_mnist_dir)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["4", "devices,", "6", "in", "the", "last", "batch"]
 
 
 def test_cli_multi_host_flags_must_come_together(tmp_path, capsys):

@@ -203,8 +203,12 @@ def global_array(sharding: NamedSharding, local: np.ndarray, global_size: int) -
 
 
 def put_replicated(tree, mesh: Mesh):
-    """Host values (the same in every process) as arrays replicated over the mesh."""
+    """Host values (the same in every process) as arrays replicated over the mesh: fresh
+    copies, which a step may donate. One process copies on its devices; several build each
+    array from its host value (device_put cannot assume every process passes the same)."""
     sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding, may_alias=False)
 
     def put(x):
         host = np.asarray(x)

@@ -149,8 +149,11 @@ def _check_fits(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]) 
     """Raise CheckpointError (not corruption) when the saved tree cannot fill `target`."""
     path = Path(mngr.directory) / str(step)
     metadata = mngr.item_metadata(step)[STATE]
-    if metadata is None:  # orbax's answer when the state's metadata file is gone
-        raise FileNotFoundError(f"the metadata of {path / STATE} (its _METADATA) is missing")
+    if metadata is None:  # orbax's answer when the state's metadata file is gone or unread
+        file = path / STATE / "_METADATA"
+        if not file.exists():
+            raise MissingFile(f"the metadata of {path / STATE} ({file.name}) is missing")
+        raise OSError(f"the metadata of {path / STATE} ({file.name}) could not be read")
     saved = _layout(getattr(metadata, "tree", metadata))
     wanted = _layout(target)
     if saved == wanted:
@@ -164,11 +167,16 @@ def _check_fits(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]) 
                           + "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else ""))
 
 
+class MissingFile(FileNotFoundError):
+    """A file the checkpoint needs is not in its folder (seen in the listing, not a failed
+    read): proof at once, nothing to read again."""
+
+
 def _read(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
     """(tree, the SHA-256 recorded at save or None) of the checkpoint at `step`."""
     path = Path(mngr.directory) / str(step)
     if not (path / STATE).is_dir():
-        raise FileNotFoundError(f"its {STATE}/ folder is missing")
+        raise MissingFile(f"its {STATE}/ folder is missing")
     _check_fits(mngr, step, target)
     items = {STATE: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
                                                           target))}
@@ -233,7 +241,7 @@ def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any])
         except CheckpointError:
             raise
         except Exception as err:
-            if wait is not None:
+            if wait is not None and not isinstance(err, MissingFile):
                 time.sleep(wait)
                 continue
             if proven := damage(path, err):
