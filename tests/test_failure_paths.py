@@ -77,6 +77,24 @@ def test_a_read_error_is_read_again_and_only_one_that_persists_stops(
 
 
 @pytest.mark.slow
+def test_metadata_that_reads_as_none_once_is_read_again(reference_dir, tmp_path, monkeypatch):
+    """orbax answers None for a state's metadata it cannot find: with the file there, that is
+    a failed read (read again), not a missing file (judged at once and set aside)."""
+    monkeypatch.setattr(checkpoints, "RETRY_WAITS_SECONDS", (0.0, 0.0))
+    workdir = copy_run(reference_dir, tmp_path / "w")
+    saved = steps_saved(workdir)
+    real, calls = ocp.CheckpointManager.item_metadata, []
+
+    def none_once(self, step):
+        calls.append(step)
+        return {checkpoints.STATE: None} if len(calls) == 1 else real(self, step)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "item_metadata", none_once)
+    assert load_state(workdir)[1] == saved[-1] and calls[:2] == [saved[-1]] * 2
+    assert steps_saved(workdir) == saved and not (workdir / "corrupted_checkpoints").exists()
+
+
+@pytest.mark.slow
 def test_running_out_of_memory_in_a_read_moves_nothing(reference_dir, fashion_mnist_dir,
                                                        tmp_path, capsys, monkeypatch):
     """Memory runs out in every read: one line naming the newest checkpoint and the error,
