@@ -45,11 +45,12 @@ def test_readme_library_example_runs(fashion_mnist_dir, tmp_path):
 
 
 # Appended to the example: its test accuracy counted apart from `evaluate` and its pipeline,
-# as the fraction of its 16 test images whose largest logit is their label.
+# as the fraction of its 16 test images whose largest logit is their label (one program).
 COUNT_APART = """
 import numpy as np
 from alexnet_jax import model_input
-logits = model.apply({"params": state.params}, model_input(test.images), train=False)
+forward = jax.jit(lambda p, x: model.apply({"params": p}, model_input(x), train=False))
+logits = forward(state.params, test.images)
 print(float(np.mean(np.argmax(logits, -1) == test.labels)))
 """
 
