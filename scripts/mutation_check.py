@@ -104,6 +104,20 @@ MUTATIONS = {
         "N devices equal one (padded last batch)", PKG + "training/steps.py",
         "return jnp.where(real, losses, 0.0)", "return losses",
         ["tests/test_parallel.py::test_padding_examples_change_nothing"]),
+    "process-rows": (
+        "N devices in N processes equal one: each process loads its devices' rows",
+        PKG + "runtime/parallel.py", "    return slice(start, stop)\n",
+        "    return slice(0, stop - start)\n",
+        ["tests/test_parallel.py::test_two_processes_of_two_devices_equal_one_and_restore_on_one"]),
+    "device-gather": (
+        "the device pipeline's batches on 4 devices are the host pipeline's",
+        PKG + "data/input_pipeline.py", "return model_input(images[indices]),",
+        "return model_input(images[jnp.roll(indices, 1)]),",
+        ["tests/test_parallel.py::test_device_pipeline_delivers_the_same_batches_on_four_devices"]),
+    "metadata-unread": (
+        "a state's metadata read as None with its file there is read again",
+        PKG + "training/checkpoints.py", "        if not file.exists():\n", "        if True:\n",
+        ["tests/test_failure_paths.py::test_metadata_that_reads_as_none_once_is_read_again"]),
     "finite-check": (
         "nothing non-finite is saved", PKG + "training/run_state.py",
         "if bad := checkpoints.non_finite(tree):", "if bad := []:",

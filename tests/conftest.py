@@ -42,12 +42,13 @@ SECONDS_PER_FILE: dict[str, float] = {}  # setup, call and teardown of every tes
 
 # pytest-xdist hands out whole files (`--dist loadfile`) in collection order: the longest go
 # first, so that none starts last and leaves the other worker idle at the end (seconds per
-# file: benchmarks/NOTES.md 35). A file not named here keeps its place after them.
-LONGEST_FIRST = ("test_faults.py", "test_train.py", "test_parallel.py", "test_fast_grads.py",
-                 "test_lost_process.py", "test_failure_paths.py", "test_library.py",
-                 "test_augment.py", "test_loop_equivalence.py", "test_bf16.py",
-                 "test_equivalence.py",
-                 "test_tpu_aot.py", "test_benchmark.py", "test_data.py", "test_cli.py")
+# file: benchmarks/NOTES.md 41; the lost-process run first, beside the file that trains the
+# shared reference run). A file not named here keeps its place after them.
+LONGEST_FIRST = ("test_lost_process.py", "test_train.py", "test_faults.py", "test_parallel.py",
+                 "test_fast_grads.py", "test_failure_paths.py", "test_equivalence.py",
+                 "test_augment.py", "test_loop_equivalence.py", "test_tpu_aot.py",
+                 "test_benchmark.py", "test_download.py", "test_observe.py", "test_library.py",
+                 "test_data.py", "test_bf16.py", "test_cli.py")
 
 
 def pytest_collection_modifyitems(items):
