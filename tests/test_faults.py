@@ -16,7 +16,6 @@ from conftest import (
     assert_same_params,
     assert_same_run,
     copy_run,
-    corrupt_array_data,
     finished,
     params_of,
     run_record,
@@ -126,8 +125,9 @@ def test_corrupted_checkpoint_is_detected(reference_dir, fashion_mnist_dir, tmp_
     assert f"step {latest}" not in out.split("resuming from the checkpoint at")[1].splitlines()[0]
     assert_same_params(params_of(workdir), good)  # retrained the lost steps to the same result
     # every checkpoint bad: stop and say how to start over, instead of retraining silently
+    # (a missing file is proof at once; damage that is read again: test_failure_paths.py)
     for step in steps_saved(workdir):
-        corrupt_array_data(workdir / "checkpoints" / str(step), "truncate")
+        (workdir / "checkpoints" / str(step) / "default" / "_METADATA").unlink()
     capsys.readouterr()
     assert main(train_args(workdir, fashion_mnist_dir, 2)) == 1
     err = capsys.readouterr().err

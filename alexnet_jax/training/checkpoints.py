@@ -232,7 +232,8 @@ def _first_line(err: BaseException) -> str:
 
 def _restore_one(mngr: ocp.CheckpointManager, step: int, target: dict[str, Any]):
     """The tree of the checkpoint at `step`, read again after a failure (RETRY_WAITS_SECONDS)
-    before it is judged: CorruptCheckpoint on proof, else UnreadableCheckpoint."""
+    before it is judged (a file missing from its folder is judged at once): CorruptCheckpoint
+    on proof, else UnreadableCheckpoint."""
     path = Path(mngr.directory) / str(step)
     for wait in (*RETRY_WAITS_SECONDS, None):
         try:
