@@ -25,11 +25,11 @@ MUTATIONS = {
         "resume bit-exact after a stop", PKG + "training/loop.py",
         "first = max(start_step - epoch * run.steps_per_epoch, 0)",
         "first = max(start_step - epoch * run.steps_per_epoch, 0) + (start_step > 0)",
-        ["tests/test_faults.py::test_stop_at_any_step_resumes_to_the_same_run"]),
+        ["tests/test_faults.py::test_stop_at_an_epochs_last_step_resumes_to_the_same_run"]),
     "metrics-cut": (
         "a resume drops the points logged past its checkpoint", PKG + "training/metrics_log.py",
         'if p["step"] <= resume_step]', 'if p["step"] <= resume_step + 1]',
-        ["tests/test_faults.py::test_stop_at_any_step_resumes_to_the_same_run"]),
+        ["tests/test_faults.py::test_stop_at_an_epochs_last_step_resumes_to_the_same_run"]),
     "shuffle-epoch": (
         "each epoch reshuffled from (seed, epoch)", PKG + "data/input_pipeline.py",
         "np.random.default_rng([seed, epoch])", "np.random.default_rng([seed, 0])",
@@ -52,7 +52,8 @@ MUTATIONS = {
     "proof-only": (
         "only proof moves a checkpoint aside", PKG + "training/checkpoints.py",
         "if proven := damage(path, err):", "if proven := f'{err}':",
-        ["tests/test_failure_paths.py::test_a_read_error_that_is_not_damage_moves_nothing"]),
+        ["tests/test_failure_paths.py::"
+         "test_a_read_error_is_read_again_and_only_one_that_persists_stops[arrays-always]"]),
     "memory-check": (
         "a batch that cannot fit is refused before the first step", PKG + "runtime/memory.py",
         "if available is not None and need > available:", "if False:",
