@@ -1,4 +1,4 @@
-"""Data parallelism: 4 devices (forced on the CPU) and 2 processes give the 1-device result.
+"""Data parallelism: 2 processes of 2 devices each (forced on the CPU) give the 1-device result.
 
 Every run is a subprocess (tests/parallel_worker.py), so this process keeps its one device.
 The runs train in float64: AlexNet with dropout in float32 is chaotic at this scale (a 1e-8
