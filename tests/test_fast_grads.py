@@ -188,7 +188,7 @@ def test_max_pool_grad_equals_xla_and_torch(shape, report):
         g = jax.random.normal(kg, (shape[0], out_hw, out_hw, shape[3]), jnp.float64)
 
         @partial(jax.jit, static_argnums=0)
-        def grad(pool, x):
+        def grad(pool, x, g):
             y, vjp = jax.vjp(pool, x)
             return y, vjp(g)[0]
 
@@ -198,18 +198,18 @@ def test_max_pool_grad_equals_xla_and_torch(shape, report):
         def xla(x):
             return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
 
-        y_ours, dx_ours = grad(ours, x)
-        y_xla, dx_xla = grad(xla, x)
+        y_ours, dx_ours = grad(ours, x, g)
+        y_xla, dx_xla = grad(xla, x, g)
         assert rel_err(y_ours, y_xla) == 0.0
         err = rel_err(dx_ours, dx_xla)
         report(f"max-pool gradient float64 {shape[1:]}: ours vs XLA's", err, 1e-15)
         assert err < 1e-15
 
         tied = jnp.round(x)  # values in {-3, ..., 3}: most windows hold their maximum twice
-        _, dx_tied = grad(ours, tied)
+        _, dx_tied = grad(ours, tied, g)
     xt = torch.from_numpy(np.array(tied)).permute(0, 3, 1, 2).requires_grad_()
     torch.nn.functional.max_pool2d(xt, 3, 2).backward(
-        torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2))
+        torch.from_numpy(np.array(g)).permute(0, 3, 1, 2))
     theirs = xt.grad.permute(0, 2, 3, 1).numpy()
     err = rel_err(dx_tied, theirs)
     report(f"max-pool gradient with ties {shape[1:]}: ours vs PyTorch", err, 1e-15)
