@@ -119,6 +119,10 @@ MUTATIONS = {
         "a state's metadata read as None with its file there is read again",
         PKG + "training/checkpoints.py", "        if not file.exists():\n", "        if True:\n",
         ["tests/test_failure_paths.py::test_metadata_that_reads_as_none_once_is_read_again"]),
+    "checkpoint-zstd": (
+        "checkpoint arrays are stored uncompressed",
+        PKG + "training/checkpoints.py", "use_compression=False", "use_compression=True",
+        ["tests/test_train.py::test_train_writes_d2l_outputs"]),
     "finite-check": (
         "nothing non-finite is saved", PKG + "training/run_state.py",
         "if bad := checkpoints.non_finite(tree):", "if bad := []:",

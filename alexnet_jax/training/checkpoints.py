@@ -76,6 +76,16 @@ class Manager(ocp.CheckpointManager):
                 + "Free space or fix the folder, then run the same command again") from err
 
 
+def state_handler() -> ocp.StandardCheckpointHandler:
+    """orbax's handler for the state, its arrays written without zstd: float weights shrink
+    by only 9% and each save and restore costs twice the CPU (benchmarks/NOTES.md 42). orbax
+    has no public switch for it; checkpoints written with zstd (earlier versions) still
+    restore, the codec being in each array's metadata."""
+    handler = ocp.StandardCheckpointHandler()  # this class: orbax finds it by its args' type
+    handler._impl = ocp.PyTreeCheckpointHandler(use_compression=False)
+    return handler
+
+
 def manager(workdir: str | Path, keep: int = D2L.keep_checkpoints,
             read_only: bool = False) -> Manager:
     """The work dir's checkpoints (use it in a `with`: its close waits for the last save)."""
@@ -83,7 +93,7 @@ def manager(workdir: str | Path, keep: int = D2L.keep_checkpoints,
         max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
         read_only=read_only, cleanup_tmp_directories=not read_only,
     )
-    handlers = {STATE: ocp.StandardCheckpointHandler(), DIGEST: ocp.JsonCheckpointHandler()}
+    handlers = {STATE: state_handler(), DIGEST: ocp.JsonCheckpointHandler()}
     return Manager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
