@@ -163,8 +163,8 @@ def test_test_images_are_never_augmented(augmented_dir, test_split):
     workdir, _ = augmented_dir
     state, _ = load_state(workdir)
     images, labels = test_split.images[:4], test_split.labels[:4]  # the run's --limit-test 4
-    logits = state.apply_fn({"params": state.params}, model_input(jnp.asarray(images)),
-                            train=False)
+    logits = jax.jit(lambda p, x: state.apply_fn({"params": p}, model_input(x), train=False))(
+        state.params, jnp.asarray(images))  # one program, not op by op
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels))
     recorded = run_record(workdir)[-1]
     assert recorded["test_acc"] == float(np.mean(np.argmax(logits, -1) == labels))

@@ -144,7 +144,8 @@ def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
     net.eval()
     x = d2l_images(test_split, 0, 4)
     state, _ = load_state(trained)
-    ours = np.asarray(state.apply_fn({"params": state.params}, x, train=False))
+    ours = np.asarray(jax.jit(lambda p, x: state.apply_fn({"params": p}, x, train=False))(
+        state.params, x))  # one program, not op by op
     with torch.no_grad():
         theirs = net(nhwc_to_nchw(x)).numpy()
     assert rel_err(ours, theirs) <= 1e-5
@@ -195,8 +196,8 @@ def test_predict_works_in_bounded_batches(trained, test_split):
 
     state, _ = load_state(trained)
     images = test_split.images[:7]
-    whole = np.argmax(state.apply_fn({"params": state.params}, model_input(images),
-                                     train=False), -1)
+    whole = np.argmax(jax.jit(lambda p, x: state.apply_fn({"params": p}, model_input(x),
+                                                         train=False))(state.params, images), -1)
     np.testing.assert_array_equal(predict_classes(state, images, batch=3), whole)
 
 
