@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -189,14 +190,18 @@ def test_dropout_keys_rate_and_scaling():
     params = init_params(model, jax.random.key(0))
     x = jnp.asarray(np.random.default_rng(14).random((1, 224, 224, 1), dtype=np.float32))
 
-    def run(key, rate=0.5, train=True):
+    @partial(jax.jit, static_argnames=("rate", "train"))  # one program, not op by op
+    def forward(params, x, key, rate, train):
         return AlexNet(dropout_rate=rate).apply({"params": params}, x, train=train,
                                                 rngs={"dropout": key})
+
+    def run(key, rate=0.5, train=True):
+        return forward(params, x, key, rate, train)
 
     a, b = run(jax.random.key(1)), run(jax.random.key(1))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, run(jax.random.key(2)))
-    np.testing.assert_array_equal(model.apply({"params": params}, x, train=False),
+    np.testing.assert_array_equal(run(jax.random.key(3), train=False),  # the eval pass
                                   run(jax.random.key(1), rate=0.0))
 
 
@@ -209,11 +214,15 @@ def test_each_train_step_drops_with_its_own_key_at_d2ls_rate(report):
     x = jnp.asarray(np.random.default_rng(32).random((32, 224, 224, 1), dtype=np.float32))
     rng = run_rng(0)
 
+    @jax.jit  # one program, not op by op
+    def intermediates(params, x, key):
+        return model.apply({"params": params}, x, train=True, rngs={"dropout": key},
+                           capture_intermediates=True, mutable=["intermediates"])[1]
+
     def masks(step):
         """Per dropout layer: (the ReLU's output, the dropout's) of the model at `step`."""
         key, _ = step_keys(rng, step)
-        _, state = model.apply({"params": params}, x, train=True, rngs={"dropout": key},
-                               capture_intermediates=True, mutable=["intermediates"])
+        state = intermediates(params, x, key)
         got = state["intermediates"]
         return [(np.maximum(np.asarray(got[fc]["__call__"][0]), 0),
                  np.asarray(got[drop]["__call__"][0]))
