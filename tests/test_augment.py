@@ -15,6 +15,7 @@ import optax
 import pytest
 from conftest import (
     assert_same_run,
+    eval_logits,
     finished,
     run_record,
     sigterm_after,
@@ -164,8 +165,7 @@ def test_test_images_are_never_augmented(augmented_dir, test_split):
     workdir, _ = augmented_dir
     state, _ = load_state(workdir)
     images, labels = test_split.images[:4], test_split.labels[:4]  # the run's --limit-test 4
-    logits = jax.jit(lambda p, x: state.apply_fn({"params": p}, model_input(x), train=False))(
-        state.params, jnp.asarray(images))  # one program, not op by op
+    logits = eval_logits(state.apply_fn, state.params, jnp.asarray(images), model_input)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels))
     recorded = run_record(workdir)[-1]
     assert recorded["test_acc"] == float(np.mean(np.argmax(logits, -1) == labels))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import d2l_images, rel_err
+from conftest import d2l_images, eval_logits, rel_err
 from scipy import stats
 
 from alexnet_jax import AlexNet, init_params
@@ -45,15 +45,10 @@ def torch_logits(net, x: np.ndarray, dtype=torch.float32):
 
 
 def jax_logits(params, x, model=MODEL):
-    return np.asarray(_logits(model, params, x))
+    return np.asarray(eval_logits(model.apply, params, x))
 
 
-# Each model's forward and gradient as one program: one compile, not one per op.
-@partial(jax.jit, static_argnums=0)
-def _logits(model, params, x):
-    return model.apply({"params": params}, x, train=False)
-
-
+# The gradient as one program: one compile, not one per op.
 @partial(jax.jit, static_argnums=0)
 def _loss_and_grads(model, params, x, labels):
     def loss_fn(p):

@@ -14,6 +14,7 @@ from conftest import (
     assert_same_params,
     copy_run,
     d2l_images,
+    eval_logits,
     params_of,
     rel_err,
     train_args,
@@ -144,8 +145,7 @@ def test_to_torch_loads_into_d2l_model(trained, test_split, tmp_path):
     net.eval()
     x = d2l_images(test_split, 0, 4)
     state, _ = load_state(trained)
-    ours = np.asarray(jax.jit(lambda p, x: state.apply_fn({"params": p}, x, train=False))(
-        state.params, x))  # one program, not op by op
+    ours = np.asarray(eval_logits(state.apply_fn, state.params, x))
     with torch.no_grad():
         theirs = net(nhwc_to_nchw(x)).numpy()
     assert rel_err(ours, theirs) <= 1e-5
@@ -196,8 +196,7 @@ def test_predict_works_in_bounded_batches(trained, test_split):
 
     state, _ = load_state(trained)
     images = test_split.images[:7]
-    whole = np.argmax(jax.jit(lambda p, x: state.apply_fn({"params": p}, model_input(x),
-                                                         train=False))(state.params, images), -1)
+    whole = np.argmax(eval_logits(state.apply_fn, state.params, images, model_input), -1)
     np.testing.assert_array_equal(predict_classes(state, images, batch=3), whole)
 
 
