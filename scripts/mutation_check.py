@@ -30,6 +30,14 @@ MUTATIONS = {
         "a resume drops the points logged past its checkpoint", PKG + "training/metrics_log.py",
         'if p["step"] <= resume_step]', 'if p["step"] <= resume_step + 1]',
         ["tests/test_faults.py::test_stop_at_an_epochs_last_step_resumes_to_the_same_run"]),
+    "optimizer-per-run": (
+        "a second run in a process traces nothing", PKG + "training/steps.py",
+        "@functools.cache\ndef make_optimizer", "def make_optimizer",
+        ["tests/test_train.py::test_rerun_trains_nothing_and_more_epochs_resume"]),
+    "model-per-run": (
+        "a second run in a process traces nothing", PKG + "model/build.py",
+        "@functools.cache\ndef build_model", "def build_model",
+        ["tests/test_train.py::test_rerun_trains_nothing_and_more_epochs_resume"]),
     "shuffle-epoch": (
         "each epoch reshuffled from (seed, epoch)", PKG + "data/input_pipeline.py",
         "np.random.default_rng([seed, epoch])", "np.random.default_rng([seed, 0])",

@@ -7,6 +7,7 @@ bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which d2l leaves in place.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -166,9 +167,11 @@ class AlexNet(nn.Module):
         )
 
 
+@functools.partial(jax.jit, static_argnames=("model", "image_size"))
 def init_params(model: AlexNet, key, image_size: int = IMAGE_SIZE):
     """Parameters for `model`, initialised as d2l's run initialises its net."""
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, IN_CHANNELS), model.param_dtype)
     # lazy_init runs only the initialisers, not the forward pass; jit makes them one program
-    # (one compile, which a persistent compilation cache can keep), not hundreds of ops.
-    return jax.jit(lambda k: model.lazy_init({"params": k}, x, train=False)["params"])(key)
+    # (one compile, which a persistent compilation cache can keep), not hundreds of ops, and
+    # one trace per model in a process.
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, IN_CHANNELS), model.param_dtype)
+    return model.lazy_init({"params": key}, x, train=False)["params"]

@@ -29,10 +29,13 @@ CPU_DEFAULT = (FAST_CONV, max_pool, nn.Dense)
 XLA_LAYERS = (nn.Conv, nn.max_pool, nn.Dense)
 
 
+@functools.cache
 def build_model(dtype: str = D2L.dtype, num_classes: int = D2L.num_classes,
                 dropout: float = D2L.dropout, backend: str | None = None) -> AlexNet:
     """d2l's AlexNet in `dtype` (a --dtype name) with the layers for `backend` ("cpu", "gpu",
-    "tpu"; by default JAX's default backend): the CPU-fast kernels on "cpu", flax's elsewhere."""
+    "tpu"; by default JAX's default backend): the CPU-fast kernels on "cpu", flax's elsewhere.
+    One object per setting, so that a state's apply_fn (its bound method) is the same in
+    every run of a process, and jit reuses the steps traced for an earlier run."""
     compute, param = (None if name is None else jnp.dtype(name) for name in DTYPES[dtype])
     backend = backend or jax.default_backend()
     conv, pool, dense = (CPU_LAYERS.get(dtype, CPU_DEFAULT) if backend == "cpu"

@@ -29,8 +29,10 @@ class TrainState(train_state.TrainState):
     rng: jax.Array  # key data; a step's keys derive from it (step_keys)
 
 
+@functools.cache
 def make_optimizer(lr: float) -> optax.GradientTransformation:
-    """d2l: plain SGD, no momentum, no weight decay."""
+    """d2l: plain SGD, no momentum, no weight decay. One object per lr: a state's optimizer
+    is part of what jit matches a step's trace by (build_model's apply_fn too)."""
     return optax.sgd(lr)
 
 
