@@ -9,7 +9,8 @@ ARGS ?=
 PYTEST ?=
 # Test processes (pytest-xdist; a test file stays in one process, so its fixtures run once).
 WORKERS ?= 2
-# The tests need torch, never its CUDA build: PyTorch's CPU index (empty: pip's own sources).
+# The tests need torch, never its CUDA build: PyTorch's CPU index (empty: uv's own sources,
+# PyPI and any UV_FIND_LINKS folder).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_VERSION ?= 2.13.0
 # jax's CUDA plugin where an NVIDIA driver is found: cuda13 or cuda12, as the driver supports.
