@@ -73,17 +73,20 @@ check-python: $(VENV)/.installed-base
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+# Its own target, so that a venv made before the Makefile used uv gets it too.
+$(BIN)/uv: | $(BIN)/python
 	$(BIN)/python -m pip install -q uv
 
-$(VENV)/.installed-train: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-train: pyproject.toml | $(BIN)/uv
 	$(PIP_INSTALL) -e ".$(if $(JAX_EXTRA),[$(JAX_EXTRA)])"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/uv
 	$(PIP_INSTALL) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP_INSTALL) -e ".[test]"
 	touch $@
 
-$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/uv
 	$(PIP_INSTALL) -e ".[test-base]"
 	touch $@

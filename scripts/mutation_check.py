@@ -31,13 +31,18 @@ MUTATIONS = {
         'if p["step"] <= resume_step]', 'if p["step"] <= resume_step + 1]',
         ["tests/test_faults.py::test_stop_at_an_epochs_last_step_resumes_to_the_same_run"]),
     "optimizer-per-run": (
-        "a second run in a process traces nothing", PKG + "training/steps.py",
+        "a second run in a process traces nothing the first traced", PKG + "training/steps.py",
         "@functools.cache\ndef make_optimizer", "def make_optimizer",
         ["tests/test_train.py::test_rerun_trains_nothing_and_more_epochs_resume"]),
     "model-per-run": (
-        "a second run in a process traces nothing", PKG + "model/build.py",
+        "a second run in a process traces nothing the first traced", PKG + "model/build.py",
         "@functools.cache\ndef build_model", "def build_model",
         ["tests/test_train.py::test_rerun_trains_nothing_and_more_epochs_resume"]),
+    "orphaned-reads": (
+        "a failed read prints one line", PKG + "training/checkpoints.py",
+        'read_error = isinstance(exc, ValueError) and "Error reading " in str(exc)',
+        "read_error = False",
+        ["tests/test_failure_paths.py::test_the_reads_orphaned_by_a_failed_read_print_nothing"]),
     "shuffle-epoch": (
         "each epoch reshuffled from (seed, epoch)", PKG + "data/input_pipeline.py",
         "np.random.default_rng([seed, epoch])", "np.random.default_rng([seed, 0])",

@@ -278,14 +278,22 @@ def _is_orphaned_read(exc, origin) -> bool:
 
 
 class _OrphanedReads(logging.Filter):
+    """asyncio's line for a task or future that ended in an error nobody awaited: an orphaned
+    read when orbax ran it, or when its error is tensorstore's failed read of an array."""
+
     def filter(self, record) -> bool:
-        return not (record.getMessage().startswith("Task exception was never retrieved")
-                    and "orbax" in str(getattr(record, "exc_info", "") or record.getMessage()))
+        if not record.getMessage().startswith(("Task exception was never retrieved",
+                                               "Future exception was never retrieved")):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        read_error = isinstance(exc, ValueError) and "Error reading " in str(exc)
+        return not (read_error or "orbax" in str(record.exc_info or record.getMessage()))
 
 
 def _quiet_orphaned_reads() -> None:
     """Keep the tracebacks of orbax's orphaned reads (`_is_orphaned_read`: Python prints them
-    as unraisable, and asyncio logs the tasks, when they end, which may be later) off the
+    as unraisable, and asyncio logs the tasks and futures when it collects them, which may be
+    later) off the
     terminal, where a failed read is one line; every other error still prints. Once a
     process."""
     hook = sys.unraisablehook
