@@ -293,9 +293,8 @@ class _OrphanedReads(logging.Filter):
 def _quiet_orphaned_reads() -> None:
     """Keep the tracebacks of orbax's orphaned reads (`_is_orphaned_read`: Python prints them
     as unraisable, and asyncio logs the tasks and futures when it collects them, which may be
-    later) off the
-    terminal, where a failed read is one line; every other error still prints. Once a
-    process."""
+    later) off the terminal, where a failed read is one line; every other error still prints.
+    Once a process."""
     hook = sys.unraisablehook
     if getattr(hook, "drops_orphaned_reads", False):
         return
