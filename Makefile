@@ -18,9 +18,9 @@ CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: \([0-9]
 JAX_EXTRA := $(if $(CUDA_MAJOR),$(if $(filter 12,$(CUDA_MAJOR)),cuda12,cuda13),)
 
 BIN := $(VENV)/bin
-# uv installs into the venv (it is installed there first): 23 s against pip's 65 s for the test
-# extra on 2 cores, the same versions (benchmarks/NOTES.md 43). Byte-compiled as pip does, so
-# that a process started with PYTHONDONTWRITEBYTECODE does not compile what it imports.
+# uv installs into the venv (it is installed there first): 23 s against pip's 65 s for torch
+# and the test extra on 2 cores, the same versions (benchmarks/NOTES.md 43). Byte-compiled as
+# pip does, so that a process started with PYTHONDONTWRITEBYTECODE compiles nothing it imports.
 PIP_INSTALL = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 
 # A second Python, checked without PyTorch (its CPU wheel is on hand for one Python only):

@@ -43,6 +43,11 @@ MUTATIONS = {
         'read_error = isinstance(exc, ValueError) and "Error reading " in str(exc)',
         "read_error = False",
         ["tests/test_failure_paths.py::test_the_reads_orphaned_by_a_failed_read_print_nothing"]),
+    "timed-compile": (
+        "no timed step compiles", PKG + "training/steps.py",
+        "return compiled[images.shape[0]](state, images, labels, metrics)",
+        "return steps.train(state, images, labels, metrics)",
+        ["tests/test_train.py::test_no_timed_step_compiles"]),
     "shuffle-epoch": (
         "each epoch reshuffled from (seed, epoch)", PKG + "data/input_pipeline.py",
         "np.random.default_rng([seed, epoch])", "np.random.default_rng([seed, 0])",

@@ -109,6 +109,23 @@ def _eval_logits(apply_fn, params, x, preprocess):
     return apply_fn({"params": params}, preprocess(x), train=False)
 
 
+@contextlib.contextmanager
+def jax_events(suffix: str):
+    """The names of the functions JAX reports an event ending in `suffix` for while the block
+    runs ("jaxpr_trace_duration": traced; "backend_compile_duration": compiled)."""
+    names: list[str | None] = []
+
+    def listen(event, seconds, fun_name=None, **kw):
+        if event.endswith(suffix):
+            names.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))

@@ -15,6 +15,7 @@ from conftest import (
     copy_run,
     d2l_images,
     eval_logits,
+    jax_events,
     params_of,
     rel_err,
     train_args,
@@ -57,22 +58,15 @@ def test_train_writes_d2l_outputs(trained, capsys):
 def test_rerun_trains_nothing_and_more_epochs_resume(trained, fashion_mnist_dir, capsys):
     """...and the resumed run, the second in this process, traces nothing the first traced (its
     train step, init): it reuses them (a notebook's second run, these tests)."""
-    traced = {}  # run -> names of the functions jit traced during it
-    run = ["rerun"]
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, seconds, fun_name=None, **kw: traced.setdefault(run[0], set()).add(
-            fun_name) if run[0] and event.endswith("jaxpr_trace_duration") else None)
     before = params_of(trained)
-    try:
+    with jax_events("jaxpr_trace_duration") as rerun_traced:
         assert main(train_args(trained, fashion_mnist_dir)) == 0
-        out = capsys.readouterr().out
-        assert "nothing to train" in out and "test acc" in out and "resuming" not in out
-        assert_same_params(params_of(trained), before)
-        run[0] = "resumed"
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "test acc" in out and "resuming" not in out
+    assert_same_params(params_of(trained), before)
+    with jax_events("jaxpr_trace_duration") as resumed_traced:
         assert main(train_args(trained, fashion_mnist_dir, 3)) == 0
-    finally:
-        run[0] = None
-    assert traced.get("rerun", set()) & traced.get("resumed", set()) == set(), traced
+    assert set(rerun_traced) & set(resumed_traced) == set(), (rerun_traced, resumed_traced)
     out = capsys.readouterr().out
     assert "resuming from the checkpoint at step 6 (epoch 3, batch 0)" in out
     assert "epoch 3.00 step 9/9" in out
@@ -110,15 +104,12 @@ def test_no_timed_step_compiles(fashion_mnist_dir, train_split):
     state = put_replicated(create_train_state(build_model(), 0, 0.01), mesh)
     metrics = put_replicated(empty_metrics(), mesh)
     train, _, _ = compile_steps(jit_steps(mesh), state, metrics, pipe)
-    timed, compiles = [False], []  # compiles inside the timed step (not the pipeline's gather)
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, seconds, **kw: compiles.append(event)
-        if timed[0] and "backend_compile" in event else None)
+    compiles = []  # inside the timed step (not the pipeline's gather)
     for batch in pipe.epoch(0):
-        timed[0] = True
-        state, metrics = train(state, batch.images, batch.labels, metrics)
-        jax.block_until_ready(metrics)
-        timed[0] = False
+        with jax_events("backend_compile_duration") as step_compiles:
+            state, metrics = train(state, batch.images, batch.labels, metrics)
+            jax.block_until_ready(metrics)
+        compiles += step_compiles
     assert int(metrics["count"]) == 10 and compiles == []
 
 
