@@ -154,6 +154,18 @@ MUTATIONS = {
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS, PROFILE,",
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS,",
         ["tests/test_layout.py::test_restart_sets_aside_every_record_of_a_run"]),
+    "mfu-devices": (
+        "MFU against the peak of every chip the row ran on", PKG + "commands/benchmark.py",
+        "peak = None if chip is None else chip * devices", "peak = chip",
+        ["tests/test_benchmark.py::test_each_figure_is_one_the_hardware_allows"]),
+    "dense-float32": (
+        "the CPU's dense layer keeps float64 in float64", PKG + "kernels/dot.py",
+        "t = jnp.promote_types(jnp.result_type(a, b), jnp.float32)", "t = jnp.float32",
+        ["tests/test_equivalence.py"]),
+    "bias-grad-float32": (
+        "the CPU's dense layer keeps float64 in float64", PKG + "kernels/layers.py",
+        "g.astype(jnp.promote_types(g.dtype, jnp.float32))", "g.astype(jnp.float32)",
+        ["tests/test_equivalence.py"]),
     "bf16-bound": (
         "each bf16 layer within the bound argued from bf16's rounding", PKG + "kernels/dot.py",
         "    return _dot(x, w, PLAIN, precision).astype(x.dtype)",

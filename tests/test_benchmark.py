@@ -84,3 +84,7 @@ def test_each_figure_is_one_the_hardware_allows():
     fast = benchmark.finish_row({**row, "images_per_sec": 200_000.0}, "jax-f32-default", 128,
                                 5.63e9, "NVIDIA H200")
     assert fast["error"].startswith("MFU 2.28 above 1"), fast
+    # 8 chips' images/s against 8 chips' peak: the same MFU as one chip's
+    eight = benchmark.finish_row({**row, "images_per_sec": 8 * 20090.0}, "jax-f32-default",
+                                 128, 5.63e9, "NVIDIA H200", devices=8)
+    assert eight["mfu"] == pytest.approx(done["mfu"]), eight

@@ -138,7 +138,8 @@ def bench_jax(variant: str, batch: int, steps: int, warmup: int, mesh, profile=N
             if profile:  # a trace still open (a step that failed) ends with the row
                 compiled.close()
     return {"framework": "jax", "variant": variant, "batch": batch, "compile_s": compile_s,
-            "xla_flops_per_image": xla_flops / batch, "hlo_text": hlo_text,
+            # XLA counts one device's program (its share of the batch): all devices' work
+            "xla_flops_per_image": xla_flops * mesh.size / batch, "hlo_text": hlo_text,
             "peak_memory_bytes": peak, "peak_memory_source": "XLA's memory analysis",
             "pipelined_images_per_sec": pipelined, **summarize(times, batch)}
 
@@ -269,23 +270,26 @@ def bench_row(name, batch, steps, warmup, mesh, profile, epoch_split, analytic, 
             return None
         return {"variant": name, "batch": batch, "error": f"{type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}"}
-    return finish_row(row, name, batch, analytic, device_kind)
+    return finish_row(row, name, batch, analytic, device_kind, mesh.size)
 
 
-def finish_row(row: dict, name: str, batch: int, analytic: float, device_kind: str) -> dict:
+def finish_row(row: dict, name: str, batch: int, analytic: float, device_kind: str,
+               devices: int = 1) -> dict:
     """A measured row with the figures that follow from it, or its error where one of them
-    is one the hardware cannot reach."""
+    is one the hardware cannot reach. `devices`: how many chips the row's images/s ran on."""
     row["analytic_flops_per_image"] = analytic
     row["flops_per_image"], row["flops_source"] = counted_flops(
         row.get("xla_flops_per_image") or 0.0, row.pop("hlo_text", ""), analytic)
     row["tflops_per_sec"] = analytic * row["images_per_sec"] / 1e12
     row["arithmetic"] = ARITHMETIC.get(name)
-    peak = peak_flops(device_kind, row["arithmetic"]) if row["arithmetic"] else None
+    chip = peak_flops(device_kind, row["arithmetic"]) if row["arithmetic"] else None
+    peak = None if chip is None else chip * devices
+    chips = device_kind if devices == 1 else f"{devices} x {device_kind}"
     row["mfu"] = None if peak is None else row["tflops_per_sec"] * 1e12 / peak
     if row["mfu"] is not None and row["mfu"] > 1:
         return {"variant": name, "batch": batch, "error": str(ImpossibleFigure(
             f"MFU {row['mfu']:.2f} above 1 ({row['tflops_per_sec']:.1f} TFLOP/s against the "
-            f"{row['arithmetic']} peak of {peak / 1e12:.1f} TFLOP/s on {device_kind}): the "
+            f"{row['arithmetic']} peak of {peak / 1e12:.1f} TFLOP/s on {chips}): the "
             "peak or the FLOP count is wrong, so no figure"))}
     return row
 

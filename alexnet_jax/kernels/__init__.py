@@ -1,7 +1,8 @@
 """The CPU-fast ops that model/build.py's CPU model injects: Winograd convolutions
-(`conv.py`, `winograd.py`, `patches.py`), a cheap max-pool gradient (`pool.py`), and for
-bfloat16 the layers (`layers.py`) and dense matmul (`dot.py`) that keep XLA's CPU off its bf16
-path. GPUs and TPUs never run them.
+(`conv.py`, `winograd.py`, `patches.py`), a cheap max-pool gradient (`pool.py`), a dense
+matmul (`dot.py`) whose kernel gradient needs no transpose and which keeps XLA's CPU off its
+bf16 path, and the layers that call them (`layers.py`: Dense in every dtype, Conv for
+bfloat16). GPUs and TPUs never run them.
 
 Imports nothing of the package.
 """

@@ -1,6 +1,7 @@
-"""Conv and Dense layers for bfloat16 on the CPU (`model/build.py`'s CPU model): `nn.Conv`'s
-and `nn.Dense`'s parameters and signatures, with the kernel passed in float32 and the bias's
-gradient summed in float32.
+"""Conv and Dense layers of `model/build.py`'s CPU model: `nn.Conv`'s and `nn.Dense`'s
+parameters and signatures. Dense, in every dtype, computes by kernels/dot.py (which says why);
+Conv is bfloat16's. Both take the kernel in its own dtype and sum the bias's gradient in float32
+at least.
 Conv's output stays float32 through the bias, max-pool and ReLU, and is rounded to bf16 as
 the next layer's input (the activation a step stores); bf16 pooling ran 3x slower.
 
@@ -23,7 +24,7 @@ from .conv import NHWC, conv_general_dilated
 
 @jax.custom_vjp
 def add_bias(y, b):
-    """y + b over y's last axis, in y's dtype; b's gradient summed in float32."""
+    """y + b over y's last axis, in y's dtype; b's gradient summed in float32 at least."""
     return y + b.astype(y.dtype)
 
 
@@ -32,7 +33,8 @@ def _add_bias_fwd(y, b):
 
 
 def _add_bias_bwd(b, g):
-    sums = jnp.sum(g.astype(jnp.float32), axis=tuple(range(g.ndim - 1)))
+    sums = jnp.sum(g.astype(jnp.promote_types(g.dtype, jnp.float32)),
+                   axis=tuple(range(g.ndim - 1)))
     return g, sums.astype(b.dtype)
 
 

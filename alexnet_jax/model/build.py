@@ -1,7 +1,7 @@
 """The model a run trains: d2l's AlexNet in a --dtype, with the kernels of the backend it runs on.
 
-The one place that says which kernels run where: on the CPU the fast conv, pool and (for
-bfloat16) dense of kernels/; on GPUs and TPUs flax's own layers, so XLA's convolutions
+The one place that says which kernels run where: on the CPU the fast conv, pool and dense of
+kernels/; on GPUs and TPUs flax's own layers, so XLA's convolutions
 (cuDNN's, the TPU compiler's) and bf16 dots. The caller passes the backend it decided once.
 """
 
@@ -24,8 +24,10 @@ FAST_CONV = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated
 # (conv, pool, dense) per compute dtype on the CPU: bfloat16 runs float32 arithmetic on bf16
 # activations (kernels/layers.py), never XLA's CPU bf16 convolutions and dots, which convert
 # to float32 and back; the bf16-products forms ran slower on every CPU measured (NOTES.md 38, 39).
+# The dense layer is kernels/'s in every dtype: its kernel gradient needs no transpose, which
+# XLA's CPU could not fold away under data parallelism (kernels/dot.py).
 CPU_LAYERS = {"bfloat16": (layers.Conv, max_pool, layers.Dense)}
-CPU_DEFAULT = (FAST_CONV, max_pool, nn.Dense)
+CPU_DEFAULT = (FAST_CONV, max_pool, layers.Dense)
 XLA_LAYERS = (nn.Conv, nn.max_pool, nn.Dense)
 
 
