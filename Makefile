@@ -26,7 +26,9 @@ PIP_INSTALL = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 # A second Python, checked without PyTorch (its CPU wheel is on hand for one Python only):
 # make check-python PYTHON=python3.13 VENV=.venv-3.13
 CHECK_RUN ?= runs/check-python
-# Its tests: the run and evaluate cover the training path (augmentation, checkpoints, records);
+# Its tests: the run and evaluate cover the training path (the run on tfds' source where
+# TensorFlow installs, augmentation, checkpoints, records; evaluate restores on the release
+# files, TensorFlow's import and tfds' read being the run's);
 # these files cover what depends most on the Python version besides (argparse's messages,
 # urllib's errors, the CLI's re-exec, reading the release files, event files, the library).
 CHECK_TESTS := tests/test_cli.py tests/test_faults.py tests/test_data.py tests/test_download.py \
@@ -67,7 +69,7 @@ check-python: $(VENV)/.installed-base
 	rm -rf $(CHECK_RUN)
 	$(BIN)/alexnet-jax train --workdir $(CHECK_RUN) --limit-train 32 \
 		--limit-test 32 --batch-size 8 --epochs 1 --augment $(DATA_ARG)
-	$(BIN)/alexnet-jax evaluate --workdir $(CHECK_RUN) $(DATA_ARG)
+	$(BIN)/alexnet-jax evaluate --workdir $(CHECK_RUN) --source idx $(DATA_ARG)
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile \
 		-m "not slow and not torch" $(CHECK_TESTS) $(PYTEST)
 
