@@ -154,6 +154,10 @@ MUTATIONS = {
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS, PROFILE,",
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS,",
         ["tests/test_layout.py::test_restart_sets_aside_every_record_of_a_run"]),
+    "verbose-ignored": (
+        "--verbose brings the libraries' log lines back", PKG + "cli.py",
+        "    if not args.verbose:\n        quiet_logs()", "    if True:\n        quiet_logs()",
+        ["tests/test_train.py::test_evaluate_prints_no_log_noise"]),
     "mfu-devices": (
         "MFU against the peak of every chip the row ran on", PKG + "commands/benchmark.py",
         "peak = None if chip is None else chip * devices", "peak = chip",
