@@ -154,6 +154,12 @@ MUTATIONS = {
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS, PROFILE,",
         "RECORDS = (CONFIG, METRICS, CURVES, EVENTS,",
         ["tests/test_layout.py::test_restart_sets_aside_every_record_of_a_run"]),
+    "f64-late": (
+        "a float64 run read without 64-bit mode: one line, no JAX warnings before it",
+        PKG + "training/saved_state.py",
+        'if config.dtype == "float64" and not jax.config.jax_enable_x64:',
+        'if False:',
+        ["tests/test_faults.py::test_float64_checkpoint_read_without_x64_is_named_not_moved"]),
     "verbose-ignored": (
         "--verbose brings the libraries' log lines back", PKG + "cli.py",
         "    if not args.verbose:\n        quiet_logs()", "    if True:\n        quiet_logs()",

@@ -391,7 +391,10 @@ def test_second_train_on_a_work_dir_exits_at_once(reference_dir, fashion_mnist_d
 def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_dir, tmp_path,
                                                                capsys):
     """A float64 run's checkpoint (written here as `convert` writes one, at step 0, with
-    JAX's 64-bit mode on) read without it: one line saying what to set, nothing moved."""
+    JAX's 64-bit mode on) read without it: one line saying what to set (no JAX warning about
+    truncated dtypes before it), nothing moved."""
+    import warnings
+
     import jax
 
     from alexnet_jax.config import TrainConfig
@@ -406,10 +409,13 @@ def test_float64_checkpoint_read_without_x64_is_named_not_moved(fashion_mnist_di
                    jax.device_get(params), "a float64 run")
     before = steps_saved(workdir)
     assert before == [0]
-    assert main(["evaluate", "--workdir", str(workdir), "--manual-dir", str(fashion_mnist_dir),
-                 "--source", "idx"]) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["evaluate", "--workdir", str(workdir), "--manual-dir",
+                     str(fashion_mnist_dir), "--source", "idx"]) == 1
     err = capsys.readouterr().err
     assert "set JAX_ENABLE_X64=1" in err and len(err.splitlines()) == 1
+    assert not caught, [str(w.message) for w in caught]
     assert steps_saved(workdir) == before and not (workdir / "corrupted_checkpoints").exists()
     assert main(train_args(workdir, fashion_mnist_dir, 2, "--limit-train", "4", "--dtype",
                           "float64")) == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
 from ..model.build import build_model
 from ..runtime.parallel import is_primary, make_mesh, platform, put_replicated
 from . import checkpoints
@@ -15,6 +17,8 @@ from .steps import TrainState, create_train_state, empty_metrics
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
     """The train state of a work dir's checkpoint (the latest when step is None)."""
     config = saved_config(workdir)
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:  # before JAX's warnings
+        raise RunError(f"{workdir} is a --dtype float64 run: set JAX_ENABLE_X64=1 to read it")
     mesh = make_mesh()
     model = build_model(config.dtype, config.num_classes, backend=platform(mesh))
     state = put_replicated(create_train_state(model, config.seed, config.lr), mesh)
