@@ -26,6 +26,11 @@ class RunError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
 
 
+def x64_missing(dtype: str) -> bool:
+    """Whether a --dtype needs JAX's 64-bit mode and this process runs without it."""
+    return np.dtype(DTYPES[dtype][1]).itemsize == 8 and not jax.config.jax_enable_x64
+
+
 def check_config(config: TrainConfig) -> None:
     """Refuse, before anything is written, settings that cannot give the run they describe."""
     if not str(config.workdir).strip():
@@ -39,7 +44,7 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--dropout is a probability from 0 to below 1, got {config.dropout}")
     if config.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {config.dtype}")
-    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    if x64_missing(config.dtype):
         raise ValueError("--dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise ValueError(f"--lr must be a positive number, got {config.lr}")

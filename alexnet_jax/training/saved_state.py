@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-
 from ..model.build import build_model
 from ..runtime.parallel import is_primary, make_mesh, platform, put_replicated
 from . import checkpoints
 from .checkpoints import checkpoint_tree, empty_totals, state_from_tree
-from .run_dir import RunError, TrainConfig, saved_config, write_config
+from .run_dir import RunError, TrainConfig, saved_config, write_config, x64_missing
 from .steps import TrainState, create_train_state, empty_metrics
 
 
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[TrainState, int]:
     """The train state of a work dir's checkpoint (the latest when step is None)."""
     config = saved_config(workdir)
-    if config.dtype == "float64" and not jax.config.jax_enable_x64:  # before JAX's warnings
+    if x64_missing(config.dtype):  # before building the model, which JAX would warn about
         raise RunError(f"{workdir} is a --dtype float64 run: set JAX_ENABLE_X64=1 to read it")
     mesh = make_mesh()
     model = build_model(config.dtype, config.num_classes, backend=platform(mesh))
